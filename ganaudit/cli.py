@@ -1,0 +1,240 @@
+"""The ``ganaudit`` command line. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+from . import __version__
+from .errors import GanauditError
+
+app = typer.Typer(
+    name="ganaudit",
+    help="Train GAN-based detectors on normal/real images, export them to ONNX, and flag anomalous or generated images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print a one-line error on stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn ganaudit errors into a one-line message and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GanauditError as e:
+            raise fail(str(e)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ganaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _require_training_extra() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise fail("this command needs the training extra: pip install torch==2.13.0 'ganaudit[train]'") from None
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Normal/real images: an image folder (recursive), an IDX file (MNIST style, .gz ok), "
+            "or sklearn:digits (optionally sklearn:digits?label=3)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for checkpoints, samples and metrics.")],
+    size: Annotated[int, typer.Option(help="Square model input size: 16, 32, 64 or 128.")] = 32,
+    channels: Annotated[str, typer.Option(help="1, 3, or auto (1 if every image is grayscale).")] = "auto",
+    loss: Annotated[str, typer.Option(help="Adversarial loss: hinge, ns (non-saturating) or wgan-gp.")] = "hinge",
+    steps: Annotated[int, typer.Option(help="Adversarial (GAN) training steps.")] = 3000,
+    encoder_steps: Annotated[int, typer.Option(help="Encoder (izi_f) training steps after the GAN phase.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed on CPU gives identical weights.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    device: Annotated[str, typer.Option(help="auto (cuda if present), cpu or cuda.")] = "auto",
+    label: Annotated[Optional[int], typer.Option(help="Keep only images with this label (IDX / sklearn sources).")] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option(help="Labels IDX file (default: guessed from the images file name).")
+    ] = None,
+    index_range: Annotated[
+        Optional[str], typer.Option(help="Use only source images START:STOP (before the label filter), e.g. 0:8000.")
+    ] = None,
+    fit: Annotated[str, typer.Option(help="Non-square images: stretch or center_crop.")] = "stretch",
+    val_fraction: Annotated[float, typer.Option(help="Fraction of images held out for thresholds.")] = 0.1,
+    width: Annotated[int, typer.Option(help="Base channel width of G, D and E.")] = 32,
+    z_dim: Annotated[int, typer.Option(help="Latent size.")] = 64,
+    n_critic: Annotated[int, typer.Option(help="Discriminator steps per generator step.")] = 1,
+    lr_g: Annotated[float, typer.Option(help="Generator learning rate (TTUR).")] = 1e-4,
+    lr_d: Annotated[float, typer.Option(help="Discriminator learning rate (TTUR).")] = 4e-4,
+    lr_e: Annotated[float, typer.Option(help="Encoder learning rate.")] = 5e-4,
+    ema: Annotated[float, typer.Option(help="EMA decay of the generator copy used for scoring.")] = 0.999,
+    kappa: Annotated[float, typer.Option(help="Weight of the D-feature residual in izi_f.")] = 1.0,
+    r1: Annotated[float, typer.Option(help="R1 penalty weight (0 = off).")] = 0.0,
+    instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
+    spectral_norm: Annotated[bool, typer.Option(help="Spectral normalisation in D.")] = True,
+    minibatch_std: Annotated[bool, typer.Option(help="Minibatch-stddev layer in D (against mode collapse).")] = True,
+    sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = 500,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Train a GAN and its encoder on normal/real images."""
+    _require_training_extra()
+    from .datasets import load_dataset
+    from .errors import ConfigError
+    from .spec import check_size
+    from .train import TrainConfig, pick_device
+    from .train import train as run_training
+
+    check_size(size)
+    if channels not in ("auto", "1", "3"):
+        raise ConfigError(f"--channels must be 1, 3 or auto, got {channels!r}")
+    if resume and not (out / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(f"--resume: no checkpoint in {out}; start a new run without --resume")
+    pick_device(device)
+    cfg = TrainConfig(
+        size=size, channels=1 if channels == "auto" else int(channels), fit=fit, loss=loss, steps=steps,
+        encoder_steps=encoder_steps, batch_size=batch_size, seed=seed, z_dim=z_dim, width=width, lr_g=lr_g,
+        lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
+        minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa,
+        val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    dataset = load_dataset(
+        data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
+        index_range=index_range, progress=progress,
+    )  # fmt: skip
+    typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
+    options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
+    try:
+        run_training(cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress)
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
+    typer.echo(f"run complete: {out}")
+
+
+@app.command()
+@friendly_errors
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
+    n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("grid.png"),
+    seed: Annotated[int, typer.Option(help="Random seed for the latent vectors.")] = 0,
+) -> None:
+    """Write a grid of images drawn from a run's (EMA) generator."""
+    _require_training_extra()
+    from .atomic import atomic_write
+    from .grid import encode_png, make_grid
+    from .train import sample as draw
+
+    if n < 1:
+        raise fail("-n must be at least 1")
+    atomic_write(output, encode_png(make_grid(draw(run_dir, n, seed))))
+    typer.echo(str(output))
+
+
+@app.command("export")
+@friendly_errors
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished training run directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")] = Path("detector.onnx"),
+    fpr: Annotated[float, typer.Option(help="Target false-positive rate on normal images for the stored threshold.")] = 0.01,
+    name: Annotated[Optional[str], typer.Option(help="Model name stored in the file (default: the run folder name).")] = None,
+    quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on validation images).")] = "none",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
+) -> None:
+    """Export a run to one ONNX detector, verified against torch on the validation images."""
+    _require_training_extra()
+    import json
+
+    from .export import export
+
+    report = export(run_dir, output, fpr=fpr, name=name, quantize=quantize)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    worst = max(report.parity_max_error.values())
+    typer.echo(
+        f"wrote {report.path} (model {report.name!r}; parity max error {worst:.1e} on {report.n_validation} "
+        f"validation images; anomaly threshold {report.anomaly_threshold:.5g})"
+    )
+    if report.int8_drift:
+        typer.echo(f"int8 score drift vs fp32: {report.int8_drift}")
+
+
+@app.command()
+@friendly_errors
+def info(
+    model: Annotated[Path, typer.Argument(help="An exported .onnx detector.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole spec as JSON.")] = False,
+) -> None:
+    """Print a detector's spec: preprocessing, heads, thresholds and provenance."""
+    import json
+
+    from .runtime import Detector
+
+    det = Detector.load(model)
+    spec = det.spec
+    if json_out:
+        typer.echo(json.dumps({**json.loads(spec.to_json()), "spec_hash": spec.spec_hash}, indent=2))
+        return
+    p = spec.preprocess
+    prov = spec.provenance
+    lines = [
+        f"name:          {spec.name}",
+        f"spec hash:     {spec.spec_hash} (format version {spec.format_version})",
+        f"input:         {p.channels} x {p.size} x {p.size}, fit={p.fit}",
+        f"heads:         {', '.join(spec.heads)}",
+        f"outputs:       {', '.join(spec.outputs)}",
+    ]
+    for head, t in spec.thresholds.items():
+        lines.append(f"threshold:     {head} > {t.value:.6g} (FPR {t.fpr} on {t.n_val} normal validation images)")
+    data = prov.get("data", {})
+    lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
+    lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
+    typer.echo("\n".join(lines))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Training data sources: image folders, IDX files (MNIST style) and ``sklearn:digits``.
+
+Every source goes through :func:`ganaudit.imaging.preprocess`, the same function the runtime uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from .errors import ConfigError, ImageDecodeError
+from .files import display_path, iter_files
+from .imaging import decode, preprocess
+from .spec import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+SKLEARN_DIGITS = "sklearn:digits"
+
+
+@dataclass
+class Dataset:
+    """Preprocessed images (float32 NCHW in [-1, 1]) with ids and optional labels."""
+
+    images: np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None
+    source: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def fingerprint(self) -> str:
+        """A hash of the exact pixels the model sees, for provenance."""
+        return hashlib.sha256(np.ascontiguousarray(self.images, dtype=np.float16).tobytes()).hexdigest()[:16]
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        labels = None if self.labels is None else self.labels[idx]
+        return Dataset(self.images[idx], [self.ids[i] for i in idx], labels, dict(self.source))
+
+
+def parse_index_range(text: str | None) -> tuple[int, int | None]:
+    """``"0:8000"`` -> (0, 8000); ``":8000"`` -> (0, 8000); ``"8000:"`` -> (8000, None)."""
+    if not text:
+        return 0, None
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if not m:
+        raise ConfigError(f"index range {text!r} must look like START:STOP, e.g. 0:8000")
+    start = int(m[1]) if m[1] else 0
+    stop = int(m[2]) if m[2] else None
+    if stop is not None and stop <= start:
+        raise ConfigError(f"index range {text!r} is empty")
+    return start, stop
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (``.gz`` allowed): uint8 images [N, H, W] or labels [N]."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"path not found: {p}")
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ConfigError(f"cannot read IDX file {p}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ConfigError(f"{p} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(data) - header != int(np.prod(dims)):
+        raise ConfigError(f"{p} is truncated: header says {dims}, data has {len(data) - header} bytes")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def guess_labels_file(images_path: Path) -> Path | None:
+    """MNIST naming: ``t10k-images-idx3-ubyte.gz`` -> ``t10k-labels-idx1-ubyte.gz``."""
+    name = images_path.name.replace("images", "labels").replace("idx3", "idx1")
+    candidate = images_path.with_name(name)
+    return candidate if candidate != images_path and candidate.is_file() else None
+
+
+def _split_query(source: str) -> tuple[str, dict[str, str]]:
+    base, _, query = source.partition("?")
+    return base, {k: v[-1] for k, v in parse_qs(query).items()}
+
+
+def _iter_arrays(
+    arrays: np.ndarray, labels: np.ndarray | None, prefix: str, start: int, stop: int | None, label: int | None
+) -> Iterator[tuple[str, np.ndarray, int | None]]:
+    stop = len(arrays) if stop is None else min(stop, len(arrays))
+    for i in range(start, stop):
+        lab = None if labels is None else int(labels[i])
+        if label is None or lab == label:
+            yield f"{prefix}[{i}]", arrays[i], lab
+
+
+def _iter_folder(root: Path, skipped: list[str]) -> Iterator[tuple[str, np.ndarray, None]]:
+    for cand in iter_files([root]):
+        if cand.error:
+            skipped.append(f"{display_path(cand.path)} ({cand.error})")
+            continue
+        try:
+            yield cand.path, decode(cand.path), None
+        except ImageDecodeError as e:
+            skipped.append(f"{display_path(cand.path)} ({e})")
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError("sklearn:digits needs scikit-learn: pip install 'ganaudit[train]'") from None
+    d = load_digits()
+    return (d.images * (255.0 / 16.0)).round().astype(np.uint8), d.target.astype(np.int64)
+
+
+def iter_source(
+    source: str,
+    *,
+    label: int | None = None,
+    labels_file: str | os.PathLike | None = None,
+    index_range: str | None = None,
+    skipped: list[str] | None = None,
+) -> tuple[Iterator[tuple[str, np.ndarray, int | None]], dict]:
+    """Open a data source. Returns an iterator of (id, decoded uint8 image, label) and a description."""
+    base, query = _split_query(source)
+    if "label" in query and label is None:
+        label = int(query["label"])
+    start, stop = parse_index_range(index_range or query.get("range"))
+    desc = {"source": base, "label": label, "index_range": [start, stop]}
+    skipped = [] if skipped is None else skipped
+    if base == SKLEARN_DIGITS:
+        images, labels = _load_digits()
+        return _iter_arrays(images, labels, "digits", start, stop, label), {**desc, "kind": "sklearn-digits"}
+    path = Path(base)
+    if not path.exists():
+        raise ConfigError(f"path not found: {path}")
+    if path.is_dir():
+        if label is not None:
+            raise ConfigError("--label applies to labelled sources (IDX files, sklearn:digits), not folders")
+        return _iter_folder(path, skipped), {**desc, "kind": "folder"}
+    if "idx" in path.name or path.suffix in (".idx", ".ubyte"):
+        images = read_idx(path)
+        if images.ndim != 3:
+            raise ConfigError(f"{path} holds {images.ndim}-D data; an image IDX file is 3-D (N, H, W)")
+        lab_path = Path(labels_file) if labels_file else guess_labels_file(path)
+        labels = read_idx(lab_path) if lab_path else None
+        if labels is not None and len(labels) != len(images):
+            raise ConfigError(f"{lab_path} has {len(labels)} labels for {len(images)} images")
+        if label is not None and labels is None:
+            raise ConfigError(f"--label needs a labels file for {path}: pass --labels FILE")
+        desc = {**desc, "kind": "idx", "labels_file": str(lab_path) if lab_path else None}
+        return _iter_arrays(images, labels, path.name, start, stop, label), desc
+    raise ConfigError(
+        f"cannot tell what {path} is: give an image folder, an IDX file (name containing 'idx'), or {SKLEARN_DIGITS}"
+    )
+
+
+def load_dataset(
+    source: str,
+    *,
+    size: int,
+    channels: int | str = "auto",
+    fit: str = "stretch",
+    label: int | None = None,
+    labels_file: str | os.PathLike | None = None,
+    index_range: str | None = None,
+    progress: bool = False,
+) -> Dataset:
+    """Load and preprocess a whole source. ``channels="auto"`` picks 1 if every image is grayscale, else 3."""
+    skipped: list[str] = []
+    items, desc = iter_source(source, label=label, labels_file=labels_file, index_range=index_range, skipped=skipped)
+    auto = channels == "auto"
+    spec = PreprocessSpec(size=size, channels=3 if auto else int(channels), fit=fit)
+    ids, rows, labels, all_gray = [], [], [], True
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="loading images", unit="img", leave=False)
+    for ident, image, lab in items:
+        all_gray &= image.ndim == 2 or image.shape[2] == 1
+        ids.append(ident)
+        rows.append(preprocess(image, spec))
+        labels.append(lab)
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("skipped %d unreadable file(s): %s", len(skipped), shown)
+    if not rows:
+        what = "no image could be decoded" if skipped else "no images found"
+        raise ConfigError(f"{what} in {source}" + (f" (label={label})" if label is not None else ""))
+    images = np.stack(rows)
+    if auto and all_gray:
+        images = np.ascontiguousarray(images[:, :1])
+    lab_arr = None if labels[0] is None else np.asarray(labels, dtype=np.int64)
+    return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped)
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / validation index split; validation gets at least one image when n >= 2."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,301 @@
+"""The torch-free runtime: load an exported detector with onnxruntime and turn images into Verdicts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import GanauditError, ImageDecodeError, ModelFormatError
+from .imaging import DEFAULT_MAX_PIXELS, decode, preprocess
+from .spec import METADATA_KEY, ModelSpec
+from .thresholds import apply_calibration, check_fpr, percentile, threshold_from_quantiles
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+ANOMALY, GENERATED = "anomaly", "generated"
+
+
+@dataclass
+class Verdict:
+    """The result for one image. Scores are None when the image could not be scored (see ``error``)."""
+
+    source: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    anomaly_score: float | None = None
+    anomaly_percentile: float | None = None
+    anomaly_flag: bool | None = None
+    anomaly_probability: float | None = None
+    generated_score: float | None = None
+    generated_flag: bool | None = None
+    flagged: bool = False
+    components: dict[str, float] = field(default_factory=dict)
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the map is left out; encode it separately)."""
+        d = asdict(self)
+        d.pop("anomaly_map")
+        return d
+
+
+@dataclass
+class Prepared:
+    """A decoded and preprocessed image, ready for ``Detector.score_prepared``."""
+
+    tensor: np.ndarray
+    width: int
+    height: int
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    anomaly: float
+    generated: float | None
+
+
+def _describe(source: Any) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(source)
+    return None
+
+
+def _read_model(model: str | os.PathLike | bytes) -> bytes:
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFormatError(f"model file not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelFormatError(f"cannot read model file {path}: {e.strerror or e}") from None
+
+
+def read_spec(session: ort.InferenceSession, origin: str) -> ModelSpec:
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ModelFormatError(
+            f"{origin} is an ONNX model but not a ganaudit detector (no '{METADATA_KEY}' metadata); "
+            "export one with `ganaudit export`"
+        )
+    return ModelSpec.from_json(meta[METADATA_KEY])
+
+
+class Detector:
+    """An exported ganaudit detector running on onnxruntime. Safe to share across threads.
+
+    Parameters
+    ----------
+    session, spec
+        Normally built by :meth:`Detector.load`.
+    fpr
+        Recompute the anomaly threshold at this false-positive rate on normal images.
+    anomaly_threshold, generated_threshold
+        Fixed thresholds on the raw anomaly score and on the generated probability.
+    batch_size
+        Images per onnxruntime call.
+    max_pixels
+        Images with more pixels are refused before decoding.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        spec: ModelSpec,
+        *,
+        fpr: float | None = None,
+        anomaly_threshold: float | None = None,
+        generated_threshold: float | None = None,
+        batch_size: int = 64,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.session = session
+        self.spec = spec
+        self.batch_size = max(1, int(batch_size))
+        self.max_pixels = int(max_pixels)
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.input_name = session.get_inputs()[0].name
+        missing = [n for n in spec.outputs if n not in self.output_names]
+        if missing:
+            raise ModelFormatError(f"model graph lacks outputs named in its spec: {', '.join(missing)}")
+        self.thresholds = self.resolve_thresholds(
+            fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | bytes,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        fpr: float | None = None,
+        anomaly_threshold: float | None = None,
+        generated_threshold: float | None = None,
+        batch_size: int = 64,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> "Detector":
+        """Load a detector from an ``.onnx`` path or its bytes. Raises ModelFormatError on a bad file."""
+        origin = "model bytes" if isinstance(model, (bytes, bytearray, memoryview)) else os.fsdecode(model)
+        data = _read_model(model)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFormatError(f"{origin} is not a loadable ONNX model (truncated or corrupt?): {first}") from None
+        return cls(
+            session, read_spec(session, origin), fpr=fpr, anomaly_threshold=anomaly_threshold,
+            generated_threshold=generated_threshold, batch_size=batch_size, max_pixels=max_pixels,
+        )  # fmt: skip
+
+    # --- metadata ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def spec_hash(self) -> str:
+        return self.spec.spec_hash
+
+    @property
+    def has_generated_head(self) -> bool:
+        return GENERATED in self.spec.heads
+
+    def resolve_thresholds(
+        self,
+        *,
+        fpr: float | None = None,
+        anomaly_threshold: float | None = None,
+        generated_threshold: float | None = None,
+        base: Thresholds | None = None,
+    ) -> Thresholds:
+        """Thresholds in force: explicit values win, then ``fpr``, then ``base``, then the model's own."""
+        spec = self.spec
+        if base is None:
+            anomaly = spec.thresholds[ANOMALY].value if ANOMALY in spec.thresholds else float("inf")
+            generated = spec.thresholds[GENERATED].value if GENERATED in spec.thresholds else None
+            base = Thresholds(anomaly, generated)
+        anomaly, generated = base.anomaly, base.generated
+        if fpr is not None:
+            check_fpr(fpr)
+            if ANOMALY in spec.quantiles:
+                anomaly = threshold_from_quantiles(spec.quantiles[ANOMALY], fpr)
+            if GENERATED in spec.quantiles and self.has_generated_head:
+                generated = threshold_from_quantiles(spec.quantiles[GENERATED], fpr)
+        if anomaly_threshold is not None:
+            anomaly = float(anomaly_threshold)
+        if generated_threshold is not None:
+            generated = float(generated_threshold)
+        return Thresholds(anomaly, generated)
+
+    # --- pipeline pieces ---------------------------------------------------------
+    def prepare(self, source: ImageInput) -> Prepared:
+        """Decode and preprocess one image. Raises ImageDecodeError."""
+        image = decode(source, max_pixels=self.max_pixels)
+        h, w = image.shape[:2]
+        return Prepared(preprocess(image, self.spec.preprocess), w, h, _describe(source))
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``batch_size``."""
+        chunks: list[list[np.ndarray]] = []
+        for i in range(0, len(batch), self.batch_size):
+            part = np.ascontiguousarray(batch[i : i + self.batch_size], dtype=np.float32)
+            chunks.append(self.session.run(self.output_names, {self.input_name: part}))
+        return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.output_names)}
+
+    def score_prepared(
+        self, items: Sequence[Prepared], *, include_map: bool = False, thresholds: Thresholds | None = None
+    ) -> list[Verdict]:
+        """Score already-prepared images."""
+        if not items:
+            return []
+        out = self.run(np.stack([p.tensor for p in items]))
+        return self._verdicts(items, out, include_map, thresholds or self.thresholds)
+
+    def _verdicts(
+        self, items: Sequence[Prepared], out: dict[str, np.ndarray], include_map: bool, thr: Thresholds
+    ) -> list[Verdict]:
+        spec = self.spec
+        scores = out["anomaly_score"].astype(np.float64)
+        pct = percentile(scores, spec.quantiles[ANOMALY]) if ANOMALY in spec.quantiles else None
+        prob = apply_calibration(scores, spec.calibration[ANOMALY]) if ANOMALY in spec.calibration else None
+        gen = None
+        if self.has_generated_head and "generated_logit" in out:
+            gen = apply_calibration(out["generated_logit"], spec.calibration.get(GENERATED))
+        components = [n for n in self.output_names if n not in ("anomaly_score", "anomaly_map", "generated_logit")]
+        verdicts = []
+        for i, item in enumerate(items):
+            a_flag = bool(scores[i] > thr.anomaly)
+            g_score = None if gen is None else float(gen[i])
+            g_flag = None if g_score is None or thr.generated is None else bool(g_score > thr.generated)
+            verdicts.append(
+                Verdict(
+                    source=item.source,
+                    width=item.width,
+                    height=item.height,
+                    anomaly_score=float(scores[i]),
+                    anomaly_percentile=None if pct is None else round(float(pct[i]), 2),
+                    anomaly_flag=a_flag,
+                    anomaly_probability=None if prob is None else float(prob[i]),
+                    generated_score=g_score,
+                    generated_flag=g_flag,
+                    flagged=a_flag or bool(g_flag),
+                    components={n: float(out[n][i]) for n in components},
+                    anomaly_map=out["anomaly_map"][i, 0] if include_map else None,
+                )
+            )
+        return verdicts
+
+    # --- the one-call API --------------------------------------------------------
+    def detect(
+        self,
+        x: ImageInput | Iterable[ImageInput],
+        *,
+        include_map: bool = False,
+        fpr: float | None = None,
+        anomaly_threshold: float | None = None,
+        generated_threshold: float | None = None,
+    ) -> Verdict | list[Verdict]:
+        """Score one image (path, bytes or array) or a list of them.
+
+        A single input returns one Verdict, a list returns a list in the same order. An image
+        that cannot be decoded gives a Verdict with ``status="error"``; it never raises.
+        """
+        single = isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray))
+        sources = [x] if single else list(x)  # type: ignore[arg-type]
+        thr = self.resolve_thresholds(
+            fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold,
+            base=self.thresholds,
+        )  # fmt: skip
+        results: list[Verdict | None] = [None] * len(sources)
+        ok_idx, ok_items = [], []
+        for i, src in enumerate(sources):
+            try:
+                ok_items.append(self.prepare(src))
+                ok_idx.append(i)
+            except GanauditError as e:
+                results[i] = error_verdict(src, e)
+        for i, v in zip(ok_idx, self.score_prepared(ok_items, include_map=include_map, thresholds=thr)):
+            results[i] = v
+        return results[0] if single else results  # type: ignore[return-value]
+
+
+def error_verdict(source: Any, error: Exception | str) -> Verdict:
+    return Verdict(source=_describe(source), status="error", error=str(error))
+
+
+__all__ = ["Detector", "Verdict", "Prepared", "Thresholds", "error_verdict", "ImageDecodeError"]

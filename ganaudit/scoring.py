@@ -1,0 +1,65 @@
+"""The torch detector graph that gets exported: preprocessed images -> scores and anomaly map."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nets import Discriminator, Encoder, Generator
+
+
+def bake_parametrizations(module: nn.Module) -> nn.Module:
+    """A copy with spectral norm (and any other parametrization) folded into plain weights, for export."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    module = copy.deepcopy(module).eval()
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub):
+            for name in list(sub.parametrizations):
+                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+    return module
+
+ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual"]
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 2-D Gaussian [1, 1, k, k] with k = 2 * ceil(2 sigma) + 1."""
+    radius = max(1, int(2 * sigma + 0.999))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    k = torch.outer(g, g)
+    return (k / k.sum())[None, None]
+
+
+class ScoringModel(nn.Module):
+    """izi_f scoring (f-AnoGAN) built from a trained E, G and D.
+
+    Outputs, per image: ``anomaly_score`` = pixel residual + kappa * D-feature residual,
+    ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels and smoothed,
+    ``disc_logit`` (D's realness judgement) and the two residual components.
+    """
+
+    def __init__(self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = 1.0) -> None:
+        super().__init__()
+        self.G, self.D, self.E = G.eval(), bake_parametrizations(D), E.eval()
+        self.kappa = float(kappa)
+        self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
+        self.requires_grad_(False)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(ANOMALY_OUTPUTS)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rec = self.G(self.E(image))
+        logit, f_x = self.D(image)
+        _, f_rec = self.D(rec)
+        pixel = (image - rec).pow(2).flatten(1).mean(1)
+        feature = (f_x - f_rec).pow(2).mean(1)
+        residual = (image - rec).abs().mean(1, keepdim=True)
+        pad = self.kernel.shape[-1] // 2
+        amap = F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+        return pixel + self.kappa * feature, amap, logit, pixel, feature

@@ -1,0 +1,113 @@
+"""The versioned model spec stored in every exported detector (``metadata_props["ganaudit"]``).
+
+The spec is plain JSON so the runtime needs nothing but the standard library to read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError, ModelFormatError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "ganaudit"
+VALID_SIZES = (16, 32, 64, 128)
+FIT_MODES = ("stretch", "center_crop")
+
+
+def check_size(size: int) -> int:
+    """Return ``size`` if it is a supported square size, else raise ConfigError."""
+    if size not in VALID_SIZES:
+        raise ConfigError(
+            f"size {size} is not supported: use a power of two from 16 to 128 ({', '.join(map(str, VALID_SIZES))})"
+        )
+    return size
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes a network input: float32 CHW in [-1, 1]."""
+
+    size: int
+    channels: int
+    fit: str = "stretch"
+    # Crops scored at native resolution by the generated-image head (0 = head off / whole image).
+    native_crops: int = 0
+
+    def __post_init__(self) -> None:
+        check_size(self.size)
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.fit not in FIT_MODES:
+            raise ConfigError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        return cls(**{k: d[k] for k in ("size", "channels", "fit", "native_crops") if k in d})
+
+
+@dataclass
+class Threshold:
+    """A decision threshold on a raw score, with how it was fitted."""
+
+    value: float
+    fpr: float | None = None
+    n_val: int = 0
+    method: str = "normal-quantile"
+
+
+@dataclass
+class ModelSpec:
+    """Everything the runtime needs to use an exported detector."""
+
+    name: str
+    preprocess: PreprocessSpec
+    heads: list[str]
+    outputs: list[str]
+    thresholds: dict[str, Threshold] = field(default_factory=dict)
+    # Sorted normal-validation score quantiles per score (101+ points, 0..100 %).
+    quantiles: dict[str, list[float]] = field(default_factory=dict)
+    # Score -> probability maps, stored as plain numbers (see calibrate.py / runtime.py).
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise ModelFormatError(f"the ganaudit model spec is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ModelFormatError("the ganaudit model spec must be a JSON object")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"unsupported model format_version {version!r}; this ganaudit reads version {FORMAT_VERSION}. "
+                "Re-export the model with this ganaudit version, or upgrade ganaudit."
+            )
+        try:
+            return cls(
+                name=str(d["name"]),
+                preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                heads=list(d["heads"]),
+                outputs=list(d["outputs"]),
+                thresholds={k: Threshold(**v) for k, v in d.get("thresholds", {}).items()},
+                quantiles={k: [float(q) for q in v] for k, v in d.get("quantiles", {}).items()},
+                calibration=dict(d.get("calibration", {})),
+                provenance=dict(d.get("provenance", {})),
+                format_version=version,
+            )
+        except (KeyError, TypeError, ConfigError) as e:
+            raise ModelFormatError(f"the ganaudit model spec is incomplete or invalid: {e}") from None

@@ -1,0 +1,453 @@
+"""GAN training followed by izi_f encoder training (f-AnoGAN), with checkpoints and resume.
+
+Run directory layout::
+
+    RUN_DIR/config.json          TrainConfig
+    RUN_DIR/run.json             data provenance (source, fingerprint, counts, versions)
+    RUN_DIR/validation.npy       held-out normal images, preprocessed (used by export)
+    RUN_DIR/metrics.jsonl        one JSON line per logged step
+    RUN_DIR/samples/step_*.png   EMA-generator sample grids
+    RUN_DIR/checkpoints/last.pt  state_dicts + optimiser + RNG state (weights_only loadable)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic import atomic_write
+from .datasets import Dataset, split_validation
+from .errors import ConfigError, ModelFormatError
+from .grid import encode_png, make_grid
+from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
+from .nets import Discriminator, Encoder, Generator
+from .spec import PreprocessSpec, check_size
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoints/last.pt"
+MODE_COLLAPSE_RATIO = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Every training hyper-parameter. Defaults are the tuned ones (see docs/benchmarks.md)."""
+
+    size: int = 32
+    channels: int = 1
+    fit: str = "stretch"
+    loss: str = "hinge"
+    steps: int = 3000
+    encoder_steps: int = 2000
+    batch_size: int = 64
+    seed: int = 0
+    z_dim: int = 64
+    width: int = 32
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    lr_e: float = 5e-4
+    n_critic: int = 1
+    ema: float = 0.999
+    spectral_norm: bool = True
+    minibatch_std: bool = True
+    r1: float = 0.0
+    gp: float = 10.0
+    instance_noise: float = 0.0
+    kappa: float = 1.0
+    val_fraction: float = 0.1
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        check_size(self.size)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width"):
+            if getattr(self, name) < (0 if name.endswith("steps") else 1):
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.encoder_steps
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec(size=self.size, channels=self.channels, fit=self.fit)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+@dataclass
+class Networks:
+    G: Generator
+    G_ema: Generator
+    D: Discriminator
+    E: Encoder
+
+
+def build_networks(cfg: TrainConfig) -> Networks:
+    G = Generator(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
+    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std)
+    E = Encoder(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    return Networks(G, G_ema, D, E)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ModelFormatError(f"no checkpoint in {run_dir}: expected {path}. Train first, or drop --resume.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
+        raise ModelFormatError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"{run_dir} is not a ganaudit run directory (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str, Any]]:
+    """Rebuild the networks of a run from its config and last checkpoint (all in eval mode)."""
+    cfg = load_config(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    nets = build_networks(cfg)
+    for name in ("G", "G_ema", "D", "E"):
+        getattr(nets, name).load_state_dict(ckpt[name])
+        getattr(nets, name).eval()
+    return cfg, nets, ckpt
+
+
+def feature_diversity(D: Discriminator, fake: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean pairwise D-feature distance of fakes divided by that of reals (about 1 = healthy, << 1 = collapse)."""
+    with torch.no_grad():
+        f_fake, f_real = D(fake)[1], D(real)[1]
+    return float(torch.pdist(f_fake).mean() / torch.pdist(f_real).mean().clamp_min(1e-8))
+
+
+class Trainer:
+    """Runs the adversarial phase then the encoder phase, one global step counter across both."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) -> None:
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.x = torch.from_numpy(data.images).to(device)
+        self.nets = build_networks(cfg)
+        for m in (self.nets.G, self.nets.G_ema, self.nets.D, self.nets.E):
+            m.to(device)
+        self.opt_g = torch.optim.Adam(self.nets.G.parameters(), cfg.lr_g, betas=(0.0, 0.9))
+        self.opt_d = torch.optim.Adam(self.nets.D.parameters(), cfg.lr_d, betas=(0.0, 0.9))
+        self.opt_e = torch.optim.Adam(self.nets.E.parameters(), cfg.lr_e, betas=(0.5, 0.999))
+        self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
+        self.step = 0
+        self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+
+    # --- state -------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        n = self.nets
+        return {
+            "step": self.step,
+            "G": n.G.state_dict(),
+            "G_ema": n.G_ema.state_dict(),
+            "D": n.D.state_dict(),
+            "E": n.E.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_e": self.opt_e.state_dict(),
+            "rng": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+            "ganaudit_version": __version__,
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        for name in ("G", "G_ema", "D", "E"):
+            getattr(self.nets, name).load_state_dict(ckpt[name])
+        for name in ("opt_g", "opt_d", "opt_e"):
+            getattr(self, name).load_state_dict(ckpt[name])
+        torch.set_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+
+    # --- steps -------------------------------------------------------------------
+    def batch(self) -> torch.Tensor:
+        idx = torch.randint(len(self.x), (self.cfg.batch_size,))
+        return self.x[idx.to(self.device)]
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim).to(self.device)
+
+    def _sigma(self) -> float:
+        """Instance-noise level, annealed linearly to 0 over the adversarial phase."""
+        return self.cfg.instance_noise * max(0.0, 1 - self.step / max(1, self.cfg.steps))
+
+    def d_step(self) -> float:
+        cfg, G, D = self.cfg, self.nets.G, self.nets.D
+        real = self.batch()
+        with torch.no_grad():
+            fake = G(self.noise(len(real)))
+        sigma = self._sigma()
+        real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
+        real_logit, _ = D(real_in)
+        fake_logit, _ = D(instance_noise(fake, sigma))
+        loss = self.d_loss_fn(real_logit, fake_logit)
+        if cfg.r1 > 0:
+            loss = loss + 0.5 * cfg.r1 * r1_penalty(real_logit, real_in)
+        if cfg.loss == "wgan-gp":
+            loss = loss + cfg.gp * gradient_penalty(lambda t: D(t)[0], real, fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        return loss.item()
+
+    def g_step(self) -> float:
+        G, D = self.nets.G, self.nets.D
+        D.requires_grad_(False)
+        fake_logit, _ = D(instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma()))
+        loss = self.g_loss_fn(fake_logit)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        D.requires_grad_(True)
+        self._update_ema()
+        return loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        ema, G = self.nets.G_ema, self.nets.G
+        for p_ema, p in zip(ema.parameters(), G.parameters()):
+            p_ema.lerp_(p, 1 - self.cfg.ema)
+        for b_ema, b in zip(ema.buffers(), G.buffers()):
+            b_ema.copy_(b)
+
+    def e_step(self) -> float:
+        G, D, E = self.nets.G_ema, self.nets.D, self.nets.E
+        x = self.batch()
+        rec = G(E(x))
+        _, f_x = D(x)
+        _, f_rec = D(rec)
+        loss = izif_loss(x, rec, f_x, f_rec, self.cfg.kappa)
+        self.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_e.step()
+        return loss.item()
+
+    # --- logging -----------------------------------------------------------------
+    def write_samples(self) -> dict[str, float]:
+        G, D = self.nets.G_ema, self.nets.D
+        was_training = D.training
+        D.eval()
+        with torch.no_grad():
+            grid = make_grid(G(self.fixed_z).cpu().numpy())
+            fake = G(torch.randn(256, self.cfg.z_dim, generator=torch.Generator().manual_seed(7)).to(self.device))
+            real = self.x[torch.randperm(len(self.x), generator=torch.Generator().manual_seed(7))[:256].to(self.device)]
+        atomic_write(self.run_dir / "samples" / f"step_{self.step:06d}.png", encode_png(grid))
+        ratio = feature_diversity(D, fake, real)
+        D.train(was_training)
+        if ratio < MODE_COLLAPSE_RATIO:
+            log.warning(
+                "step %d: generated samples are %.2fx as diverse as real ones in D-feature space; "
+                "this suggests mode collapse (try --loss hinge, --r1 or more data)",
+                self.step,
+                ratio,
+            )
+        return {"diversity_ratio": ratio}
+
+    # --- main loop ---------------------------------------------------------------
+    def _one_step(self) -> dict[str, float]:
+        cfg, nets = self.cfg, self.nets
+        if self.step < cfg.steps:
+            d_loss = sum(self.d_step() for _ in range(cfg.n_critic)) / cfg.n_critic
+            return {"d_loss": d_loss, "g_loss": self.g_step()}
+        nets.D.eval().requires_grad_(False)  # frozen: mbstd uses its running statistic
+        return {"e_loss": self.e_step()}
+
+    def run(self, progress: bool = True) -> None:
+        """Train to ``total_steps``. Ctrl-C finishes the current step, saves a checkpoint, then raises."""
+        from tqdm import tqdm
+
+        cfg, metrics_path = self.cfg, self.run_dir / "metrics.jsonl"
+        for m in (self.nets.G, self.nets.D, self.nets.E):
+            m.train()
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        t0, s0 = time.perf_counter(), self.step
+        with deferred_sigint() as interrupted, metrics_path.open("a") as metrics:
+            while self.step < cfg.total_steps and not interrupted():
+                bar.set_description("GAN" if self.step < cfg.steps else "encoder")
+                losses = self._one_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+                record: dict[str, Any] = {}
+                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                    record.update(self.write_samples())
+                if record or self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                    rate = (self.step - s0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    phase = "gan" if self.step <= cfg.steps else "encoder"
+                    record = {"step": self.step, "phase": phase, **losses, **record, "img_per_s": round(rate, 1)}
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                if self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+        bar.close()
+        self.checkpoint()
+        if self.step < cfg.total_steps:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT into a flag checked between steps, so a checkpoint is never taken mid-step."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines past ``step`` (and any half-written line) before a resume."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write(path, "".join(k + "\n" for k in kept))
+
+
+def prepare_run(
+    cfg: TrainConfig, data: Dataset, run_dir: Path, data_options: dict[str, Any]
+) -> Dataset:
+    """Create a fresh run directory: split off validation, write config and provenance. Returns the train part."""
+    if (run_dir / CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or pick another --out")
+    train_idx, val_idx = split_validation(len(data), cfg.val_fraction, cfg.seed)
+    if len(train_idx) == 0:
+        raise ConfigError(f"only {len(data)} image(s): too few to train on")
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, val.images)
+    atomic_write(run_dir / "validation.npy", buf.getvalue())
+    run_info = {
+        "data": {**data.source, **data_options},
+        "fingerprint": data.fingerprint(),
+        "train_fingerprint": train.fingerprint(),
+        "n_images": len(data),
+        "n_train": len(train),
+        "n_validation": len(val),
+        "validation_ids": val.ids,
+        "skipped": len(data.skipped),
+        "ganaudit_version": __version__,
+        "torch_version": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write(run_dir / "run.json", json.dumps(run_info, indent=2))
+    atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return train
+
+
+def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict[str, Any]]:
+    """Reload config and checkpoint of an interrupted run and check the data is the same."""
+    ckpt = load_checkpoint(run_dir)
+    cfg = load_config(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    if data.fingerprint() != info["fingerprint"]:
+        raise ConfigError(
+            f"the data differs from the data {run_dir} was trained on (fingerprint {data.fingerprint()} != "
+            f"{info['fingerprint']}): resume with the same DATA and options"
+        )
+    train_idx, _ = split_validation(len(data), cfg.val_fraction, cfg.seed)
+    truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
+    return cfg, data.subset(train_idx), ckpt
+
+
+def train(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    data_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) a run. Returns the run directory. Raises KeyboardInterrupt after saving on Ctrl-C."""
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    if resume:
+        cfg, train_data, ckpt = resume_run(data, run_dir)
+    else:
+        if data.channels != cfg.channels:
+            cfg = TrainConfig.from_dict({**asdict(cfg), "channels": data.channels})
+        torch.manual_seed(cfg.seed)
+        train_data = prepare_run(cfg, data, run_dir, data_options or {})
+        ckpt = None
+    trainer = Trainer(cfg, train_data, run_dir, dev)
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+    else:
+        torch.manual_seed(cfg.seed)
+    if trainer.step >= cfg.total_steps:
+        log.info("run %s is already complete (%d steps)", run_dir, trainer.step)
+        return run_dir
+    trainer.run(progress=progress)
+    return run_dir
+
+
+@torch.no_grad()
+def sample(run_dir: str | Path, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Draw ``n`` images from a run's EMA generator: float32 NCHW in [-1, 1]."""
+    cfg, nets, _ = load_networks(run_dir)
+    z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    return nets.G_ema(z).numpy()

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from ganaudit.errors import ConfigError
+from ganaudit.nets import Discriminator, Encoder, Generator
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_for_every_size(size, channels):
+    G = Generator(size, channels, z_dim=8, width=8)
+    D = Discriminator(size, channels, width=8)
+    E = Encoder(size, channels, z_dim=8, width=8)
+    x = G(torch.randn(3, 8))
+    assert x.shape == (3, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    logit, feats = D(x)
+    assert logit.shape == (3,)
+    assert feats.shape == (3, D.feature_dim)
+    assert E(x).shape == (3, 8)
+
+
+@pytest.mark.parametrize("size", [8, 24, 256])
+def test_unsupported_size_is_a_config_error(size):
+    with pytest.raises(ConfigError, match="power of two"):
+        Generator(size)
+
+
+def test_minibatch_std_in_eval_does_not_depend_on_the_batch():
+    D = Discriminator(16, 1, width=8, spectral_norm=False, minibatch_std=True)
+    x = torch.randn(8, 1, 16, 16)
+    D.train()
+    D(x)  # updates the running statistic
+    D.eval()
+    with torch.no_grad():
+        alone = D(x[:1])[0]
+        together = D(x)[0][:1]
+    torch.testing.assert_close(alone, together)
+
+
+def test_spectral_norm_bounds_the_weight_norm():
+    D = Discriminator(16, 1, width=8, spectral_norm=True)
+    D.train()
+    for _ in range(20):  # power iterations converge
+        D(torch.randn(4, 1, 16, 16))
+    conv = D.trunk[0]
+    w = conv.weight.flatten(1)
+    assert torch.linalg.matrix_norm(w, ord=2) < 1.1
