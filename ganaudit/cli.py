@@ -232,6 +232,14 @@ def info(
     typer.echo("\n".join(lines))
 
 
+# Front ends live in their own modules and register their commands here.
+from .cli_scan import register as _register_scan  # noqa: E402
+from .service.cli import register as _register_serve  # noqa: E402
+
+_register_scan(app)
+_register_serve(app)
+
+
 def main() -> None:
     app()
 

@@ -27,8 +27,8 @@ def check_fpr(fpr: float) -> float:
 
 
 def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:
-    """The smallest threshold such that at most ``fpr`` of ``scores`` lie strictly above it."""
-    return float(np.quantile(np.asarray(scores, np.float64), 1 - check_fpr(fpr), method="higher"))
+    """The (1 - fpr) quantile of normal scores, interpolated like the stored quantile table."""
+    return float(np.quantile(np.asarray(scores, np.float64), 1 - check_fpr(fpr)))
 
 
 def threshold_from_quantiles(quantiles: list[float], fpr: float) -> float:

@@ -256,8 +256,9 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         ema, G = self.nets.G_ema, self.nets.G
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))  # warm-up: early samples track G
         for p_ema, p in zip(ema.parameters(), G.parameters()):
-            p_ema.lerp_(p, 1 - self.cfg.ema)
+            p_ema.lerp_(p, 1 - decay)
         for b_ema, b in zip(ema.buffers(), G.buffers()):
             b_ema.copy_(b)
 
@@ -303,8 +304,11 @@ class Trainer:
         nets.D.eval().requires_grad_(False)  # frozen: mbstd uses its running statistic
         return {"e_loss": self.e_step()}
 
-    def run(self, progress: bool = True) -> None:
-        """Train to ``total_steps``. Ctrl-C finishes the current step, saves a checkpoint, then raises."""
+    def run(self, progress: bool = True, stop_at: int | None = None) -> None:
+        """Train to ``total_steps``. Ctrl-C finishes the current step, saves a checkpoint, then raises.
+
+        ``stop_at`` stops early (with a checkpoint) as an interruption would, without raising.
+        """
         from tqdm import tqdm
 
         cfg, metrics_path = self.cfg, self.run_dir / "metrics.jsonl"
@@ -313,7 +317,8 @@ class Trainer:
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
         t0, s0 = time.perf_counter(), self.step
         with deferred_sigint() as interrupted, metrics_path.open("a") as metrics:
-            while self.step < cfg.total_steps and not interrupted():
+            end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
+            while self.step < end and not interrupted():
                 bar.set_description("GAN" if self.step < cfg.steps else "encoder")
                 losses = self._one_step()
                 self.step += 1
@@ -332,7 +337,7 @@ class Trainer:
                     self.checkpoint()
         bar.close()
         self.checkpoint()
-        if self.step < cfg.total_steps:
+        if self.step < end:
             raise KeyboardInterrupt
 
 
@@ -421,6 +426,7 @@ def train(
     device: str = "auto",
     data_options: dict[str, Any] | None = None,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> Path:
     """Train (or resume) a run. Returns the run directory. Raises KeyboardInterrupt after saving on Ctrl-C."""
     run_dir = Path(run_dir)
@@ -441,7 +447,7 @@ def train(
     if trainer.step >= cfg.total_steps:
         log.info("run %s is already complete (%d steps)", run_dir, trainer.step)
         return run_dir
-    trainer.run(progress=progress)
+    trainer.run(progress=progress, stop_at=stop_at)
     return run_dir
 
 

@@ -1,0 +1,232 @@
+"""Export and the torch-free runtime: parity, thresholds, the Python API, bad model files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import ganaudit
+from ganaudit import Detector, ModelFormatError, Verdict
+from ganaudit.export import torch_outputs
+from ganaudit.imaging import preprocess
+from ganaudit.scoring import ScoringModel
+from ganaudit.spec import METADATA_KEY
+from ganaudit.train import load_networks
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_model) -> Detector:
+    return Detector.load(tiny_model)
+
+
+def test_torch_and_onnxruntime_agree_on_real_mnist_including_maps(tiny_run, tiny_model, mnist_test_images):
+    images, _ = mnist_test_images
+    det = Detector.load(tiny_model)
+    x = np.stack([preprocess(im, det.spec.preprocess) for im in images[:200]])
+    cfg, nets, _ = load_networks(tiny_run)
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa)
+    ref = torch_outputs(model, x, model.output_names)
+    got = det.run(x)
+    assert set(ref) == set(det.spec.outputs)
+    for name in ref:
+        tol = 1e-4 * (1 + np.abs(ref[name]))
+        assert np.all(np.abs(ref[name] - got[name]) <= tol), name
+    assert got["anomaly_map"].shape == (200, 1, 16, 16)
+
+
+def test_the_model_file_carries_a_complete_spec(tiny_model):
+    proto = onnx.load(str(tiny_model))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    spec = json.loads(meta[METADATA_KEY])
+    assert spec["format_version"] == 1
+    assert spec["preprocess"]["size"] == 16 and spec["preprocess"]["channels"] == 1
+    assert spec["heads"] == ["anomaly"]
+    thr = spec["thresholds"]["anomaly"]
+    assert thr["fpr"] == 0.01 and thr["n_val"] > 10
+    q = spec["quantiles"]["anomaly"]
+    assert len(q) >= 101 and q == sorted(q)
+    prov = spec["provenance"]
+    assert prov["fingerprint"] and prov["n_train"] > 0 and prov["config"]["steps"] == 150
+    assert prov["export_ganaudit_version"] == ganaudit.__version__
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_the_zeros_model_separates_zeros_from_other_digits(detector, mnist_test_images):
+    images, labels = mnist_test_images
+    verdicts = detector.detect(list(images))
+    scores = np.array([v.anomaly_score for v in verdicts])
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(labels != 0, scores) > 0.8
+    zeros = scores[labels == 0]
+    assert np.mean(zeros > detector.thresholds.anomaly) < 0.2
+
+
+def test_detect_accepts_paths_bytes_arrays_and_lists(detector, mnist_test_images, tmp_path):
+    image = mnist_test_images[0][0]
+    path = tmp_path / "digit.png"
+    cv2.imwrite(str(path), image)
+    by_array = detector.detect(image)
+    by_path = detector.detect(str(path))
+    by_bytes = detector.detect(path.read_bytes())
+    assert isinstance(by_array, Verdict) and by_array.status == "ok"
+    assert by_path.source == str(path) and by_path.width == 28 and by_path.height == 28
+    assert by_array.anomaly_score == pytest.approx(by_path.anomaly_score, rel=1e-6)
+    assert by_bytes.anomaly_score == pytest.approx(by_path.anomaly_score, rel=1e-6)
+    many = detector.detect([image, path, b"garbage"])
+    assert [v.status for v in many] == ["ok", "ok", "error"]
+    assert "not a recognised image" in many[2].error
+    assert many[2].anomaly_score is None and not many[2].flagged
+
+
+def test_verdict_fields(detector, mnist_test_images):
+    v = detector.detect(mnist_test_images[0][0], include_map=True)
+    assert 0 <= v.anomaly_percentile <= 100
+    assert v.anomaly_flag == (v.anomaly_score > detector.thresholds.anomaly)
+    assert v.flagged == v.anomaly_flag
+    assert v.generated_score is None and v.generated_flag is None  # no generated head in this model
+    assert v.anomaly_map.shape == (16, 16) and v.anomaly_map.min() >= 0
+    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual"}
+    d = v.to_dict()
+    assert "anomaly_map" not in d and json.dumps(d)
+
+
+def test_thresholds_can_be_overridden_at_load_and_per_call(tiny_model, mnist_test_images):
+    image = mnist_test_images[0][0]
+    base = Detector.load(tiny_model)
+    score = base.detect(image).anomaly_score
+    assert Detector.load(tiny_model, anomaly_threshold=score - 1e-6).detect(image).anomaly_flag is True
+    assert Detector.load(tiny_model, anomaly_threshold=score + 1e-6).detect(image).anomaly_flag is False
+    assert base.detect(image, anomaly_threshold=-1.0).anomaly_flag is True
+    loose, strict = Detector.load(tiny_model, fpr=0.5), Detector.load(tiny_model, fpr=0.001)
+    assert loose.thresholds.anomaly < base.thresholds.anomaly <= strict.thresholds.anomaly
+    with pytest.raises(ganaudit.ConfigError, match="fpr"):
+        Detector.load(tiny_model, fpr=1.5)
+
+
+def test_percentile_matches_the_validation_scores(tiny_run, detector):
+    val = np.load(tiny_run / "validation.npy")
+    scores = detector.run(val)["anomaly_score"]
+    median = float(np.median(scores))
+    v = detector.score_prepared([ganaudit.runtime.Prepared(val[0], 16, 16)])[0]
+    expected = 100 * np.mean(scores < v.anomaly_score)
+    assert abs(v.anomaly_percentile - expected) <= 100 / len(scores) + 1
+    assert detector.resolve_thresholds(fpr=0.5).anomaly == pytest.approx(median, rel=0.05)
+
+
+def test_batch_results_do_not_depend_on_batch_composition(tiny_model, mnist_test_images):
+    images = list(mnist_test_images[0][:70])
+    one_by_one = [Detector.load(tiny_model, batch_size=1).detect(im).anomaly_score for im in images[:5]]
+    batched = [v.anomaly_score for v in Detector.load(tiny_model, batch_size=64).detect(images)][:5]
+    np.testing.assert_allclose(one_by_one, batched, rtol=1e-5)
+
+
+def test_eight_threads_share_one_detector(detector, mnist_test_images):
+    images = list(mnist_test_images[0][:64])
+    serial = [v.anomaly_score for v in detector.detect(images)]
+    chunks = [images[i::8] for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda c: [v.anomaly_score for v in detector.detect(c)], chunks))
+    for i in range(8):
+        np.testing.assert_allclose(parallel[i], serial[i::8], rtol=1e-6)
+
+
+def test_runtime_works_without_torch(tiny_model, mnist_test_images, tmp_path):
+    cv2.imwrite(str(tmp_path / "d.png"), mnist_test_images[0][0])
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now fails
+        from ganaudit import Detector
+        v = Detector.load({str(tiny_model)!r}).detect({str(tmp_path / "d.png")!r})
+        assert v.status == "ok", v
+        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+        print(v.anomaly_score)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) > 0
+
+
+# --- bad model files -------------------------------------------------------------------------
+def _plain_onnx(path):
+    torch.onnx.export(torch.nn.Linear(2, 1), (torch.zeros(1, 2),), str(path), dynamo=False)
+    return path
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _with_spec(tiny_model, path, mutate):
+    proto = onnx.load(str(tiny_model))
+    for p in proto.metadata_props:
+        if p.key == METADATA_KEY:
+            p.value = mutate(p.value)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda m, p: p / "missing.onnx", "not found"),
+        (lambda m, p: _write(p / "t.onnx", m.read_bytes()[:5000]), "not a loadable ONNX model"),
+        (lambda m, p: _write(p / "e.onnx", b""), "not a loadable ONNX model"),
+        (lambda m, p: _plain_onnx(p / "plain.onnx"), "not a ganaudit detector"),
+        (lambda m, p: _with_spec(m, p / "v.onnx", lambda s: s.replace('"format_version":1', '"format_version":99')),
+         "unsupported model format_version 99"),
+        (lambda m, p: _with_spec(m, p / "j.onnx", lambda s: s[:20]), "not valid JSON"),
+    ],
+    ids=["missing", "truncated", "empty", "no-spec", "future-version", "bad-json"],
+)
+def test_bad_model_files_raise_model_format_error_and_exit_2(tiny_model, tmp_path, make, message):
+    path = make(tiny_model, tmp_path)
+    with pytest.raises(ModelFormatError, match=message):
+        Detector.load(path)
+    res = run_cli("info", path)
+    assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
+
+
+def test_info_prints_the_spec(tiny_model):
+    res = run_cli("info", tiny_model)
+    assert res.exit_code == 0
+    assert "tiny-zeros" in res.stdout and "threshold:" in res.stdout and "1 x 16 x 16" in res.stdout
+    js = json.loads(run_cli("info", tiny_model, "--json").stdout)
+    assert js["name"] == "tiny-zeros" and len(js["spec_hash"]) == 16
+
+
+def test_export_refuses_an_incomplete_run(tmp_path):
+    res = run_cli("export", tmp_path, "-o", tmp_path / "x.onnx")
+    assert res.exit_code == 2 and "not a ganaudit run directory" in res.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_refuses_to_write_when_parity_fails(tiny_run, tmp_path, monkeypatch):
+    import ganaudit.export as ex
+
+    real = ex.torch_outputs
+    monkeypatch.setattr(ex, "torch_outputs", lambda *a, **k: {k_: v + 1e-2 for k_, v in real(*a, **k).items()})
+    with pytest.raises(ModelFormatError, match="disagree"):
+        ex.export(tiny_run, tmp_path / "p.onnx")
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_int8_export_reports_drift_and_still_loads(tiny_run, tmp_path, mnist_test_images):
+    res = run_cli("export", tiny_run, "-o", tmp_path / "q.onnx", "--quantize", "int8", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["quantize"] == "int8" and report["int8_drift"]["anomaly_score_max_rel"] >= 0
+    v = Detector.load(tmp_path / "q.onnx").detect(mnist_test_images[0][0])
+    assert v.status == "ok" and np.isfinite(v.anomaly_score)

@@ -1,0 +1,205 @@
+"""Training: the CLI smoke run, determinism, resume, data sources and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ganaudit.datasets import load_dataset
+from ganaudit.train import TrainConfig, load_checkpoint
+from ganaudit.train import train as run_training
+
+from .conftest import run_cli
+
+MICRO = dict(size=16, width=8, z_dim=8, batch_size=16, sample_every=10, checkpoint_every=10, log_every=5)
+
+
+def micro_cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**MICRO, "steps": 20, "encoder_steps": 10, **kw})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("sklearn:digits?label=3", size=16, channels="auto")
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(run_dir)
+    return {f"{net}.{k}": v for net in ("G", "G_ema", "D", "E") for k, v in ckpt[net].items()}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# --- the CLI smoke run --------------------------------------------------------------------------
+def test_cli_smoke_run_writes_a_complete_run_directory(tiny_run):
+    for name in ("config.json", "run.json", "validation.npy", "metrics.jsonl", "checkpoints/last.pt"):
+        assert (tiny_run / name).is_file(), name
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["size"] == 16 and cfg["channels"] == 1
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["n_train"] + info["n_validation"] == info["n_images"]
+    assert info["n_validation"] == round(0.1 * info["n_images"])
+    val = np.load(tiny_run / "validation.npy")
+    assert val.shape == (info["n_validation"], 1, 16, 16) and val.min() >= -1 and val.max() <= 1
+    lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 250 and lines[-1]["phase"] == "encoder"
+    assert {"d_loss", "g_loss"} <= lines[0].keys()
+    assert any("diversity_ratio" in r for r in lines)
+    grids = sorted((tiny_run / "samples").glob("step_*.png"))
+    assert grids and cv2.imread(str(grids[-1])) is not None
+    assert load_checkpoint(tiny_run)["step"] == 250
+
+
+def test_sample_command_writes_a_grid(tiny_run, tmp_path):
+    out = tmp_path / "grid.png"
+    res = run_cli("sample", tiny_run, "-n", "16", "-o", out)
+    assert res.exit_code == 0, res.output
+    grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert grid.shape[0] == 4 * 18 + 2 and grid.std() > 0  # 4x4 tiles of 16 px with 2 px padding
+
+
+# --- determinism and resume -------------------------------------------------------------------
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(digits, tmp_path):
+    run_training(micro_cfg(seed=1), digits, tmp_path / "a", progress=False)
+    run_training(micro_cfg(seed=1), digits, tmp_path / "b", progress=False)
+    run_training(micro_cfg(seed=2), digits, tmp_path / "c", progress=False)
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "a", tmp_path / "c")
+
+
+@pytest.mark.parametrize("stop_at", [13, 25])  # in the GAN phase and in the encoder phase
+def test_resume_is_equivalent_to_an_uninterrupted_run(digits, tmp_path, stop_at):
+    run_training(micro_cfg(), digits, tmp_path / "straight", progress=False)
+    run_training(micro_cfg(), digits, tmp_path / "resumed", progress=False, stop_at=stop_at)
+    assert load_checkpoint(tmp_path / "resumed")["step"] == stop_at
+    run_training(micro_cfg(), digits, tmp_path / "resumed", resume=True, progress=False)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "metrics must not repeat steps after a resume"
+
+
+def test_resume_refuses_different_data(digits, tmp_path):
+    run_training(micro_cfg(), digits, tmp_path / "r", progress=False, stop_at=5)
+    other = load_dataset("sklearn:digits?label=4", size=16)
+    with pytest.raises(Exception, match="data differs"):
+        run_training(micro_cfg(), other, tmp_path / "r", resume=True, progress=False)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ganaudit.cli", "train", "sklearn:digits", "--out", str(out), "--size", "16",
+           "--width", "8", "--z-dim", "8", "--batch-size", "16", "--steps", "100000", "--checkpoint-every", "20",
+           "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    step = load_checkpoint(out)["step"]
+    assert step >= 20
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] <= step + 25 for line in lines)
+
+
+# --- data sources -------------------------------------------------------------------------------
+def test_idx_source_with_label_filter_and_index_range(mnist_path):
+    ds = load_dataset(str(mnist_path), size=16, label=0, index_range="0:1000")
+    assert set(ds.labels.tolist()) == {0}
+    assert 70 < len(ds) < 130  # about a tenth of 1000
+    assert all(int(i.split("[")[1][:-1]) < 1000 for i in ds.ids)
+    assert ds.images.shape[1:] == (1, 16, 16)
+
+
+def test_sklearn_digits_query_label():
+    ds = load_dataset("sklearn:digits?label=3", size=16)
+    assert len(ds) == 183 and set(ds.labels.tolist()) == {3}
+
+
+def test_folder_with_mixed_sizes_and_channels_and_a_bad_file(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (40, 30), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "b.jpg"), rng.integers(0, 255, (20, 50, 3), dtype=np.uint8))
+    (tmp_path / "sub").mkdir()
+    cv2.imwrite(str(tmp_path / "sub" / "c.png"), rng.integers(0, 255, (64, 64, 4), dtype=np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("ignored")
+    ds = load_dataset(str(tmp_path), size=32)
+    assert len(ds) == 3 and ds.images.shape == (3, 3, 32, 32)
+    assert ds.skipped and "broken.png" in ds.skipped[0]
+    assert "skipped 1 unreadable file(s)" in caplog.text
+
+
+def test_all_gray_folder_gives_one_channel(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((10, 10), 40 * i, np.uint8))
+    assert load_dataset(str(tmp_path), size=16).channels == 1
+
+
+# --- bad input: one line on stderr, exit code 2, no traceback --------------------------------------
+def _empty_dir(tmp_path: Path) -> str:
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
+
+
+def _undecodable_dir(tmp_path: Path) -> str:
+    d = tmp_path / "bad"
+    d.mkdir()
+    for i in range(3):
+        (d / f"{i}.png").write_bytes(os.urandom(100))
+    return str(d)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda p: ["/no/such/folder", "--out", p / "o"], "path not found"),
+        (lambda p: [_empty_dir(p), "--out", p / "o"], "no images found"),
+        (lambda p: [_undecodable_dir(p), "--out", p / "o"], "no image could be decoded"),
+        (lambda p: ["sklearn:digits", "--out", p / "o", "--size", "48"], "power of two"),
+        (lambda p: ["sklearn:digits", "--out", p / "o", "--resume"], "no checkpoint"),
+        (lambda p: ["sklearn:digits", "--out", p / "o", "--loss", "l2"], "unknown loss"),
+        (lambda p: ["sklearn:digits", "--out", p / "o", "--index-range", "9:3"], "empty"),
+    ],
+    ids=["missing", "empty", "undecodable", "size", "resume", "loss", "range"],
+)
+def test_bad_input_is_a_one_line_error_with_exit_2(tmp_path, make_args, message):
+    res = run_cli("train", *make_args(tmp_path), "--steps", "1", "--encoder-steps", "1", "--no-progress")
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_run):
+    res = run_cli("train", "sklearn:digits", "--out", tiny_run, "--size", "16", "--no-progress")
+    assert res.exit_code == 2 and "already holds a training run" in res.stderr
+
+
+def test_every_command_documents_every_option():
+    from ganaudit.cli import app
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.help, f"{name} --{param.name} has no help text"
