@@ -14,6 +14,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 is too strict
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

@@ -178,6 +178,7 @@ def export_cmd(
     fpr: Annotated[float, typer.Option(help="Target false-positive rate on normal images for the stored threshold.")] = 0.01,
     name: Annotated[Optional[str], typer.Option(help="Model name stored in the file (default: the run folder name).")] = None,
     quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on validation images).")] = "none",
+    partial: Annotated[bool, typer.Option(help="Export a run that has not finished training.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a run to one ONNX detector, verified against torch on the validation images."""
@@ -186,7 +187,7 @@ def export_cmd(
 
     from .export import export
 
-    report = export(run_dir, output, fpr=fpr, name=name, quantize=quantize)
+    report = export(run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial)
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -153,13 +153,19 @@ def export(
     fpr: float = 0.01,
     name: str | None = None,
     quantize: str = "none",
+    allow_partial: bool = False,
 ) -> ExportReport:
     """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file."""
     run_dir, output = Path(run_dir), Path(output)
     check_fpr(fpr)
     if quantize not in ("none", "int8"):
         raise ConfigError(f"--quantize must be none or int8, got {quantize!r}")
-    cfg, nets, _ = load_networks(run_dir)
+    cfg, nets, ckpt = load_networks(run_dir)
+    if ckpt["step"] < cfg.total_steps:
+        msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"
+        if not allow_partial:
+            raise ConfigError(f"{msg}: finish it with `ganaudit train ... --resume`, or pass --partial to export anyway")
+        log.warning("%s: exporting it anyway", msg)
     val = load_validation(run_dir)
     if len(val) < MIN_VALIDATION_WARN:
         log.warning("only %d validation images: the threshold at FPR %g is a rough estimate", len(val), fpr)

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 from .spec import check_size
@@ -94,6 +95,7 @@ class Discriminator(nn.Module):
         minibatch_std: bool = True,
     ) -> None:
         super().__init__()
+        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std)
         self.trunk, c = _down_trunk(size, channels, width, spectral_norm, norm=False)
         self.feature_dim = c * 16
         wrap = _sn if spectral_norm else (lambda m: m)
@@ -111,6 +113,20 @@ class Discriminator(nn.Module):
         if self.mbstd is not None:
             h = self.mbstd(h)
         return self.head(h).squeeze(1), features
+
+
+    def without_spectral_norm(self) -> "Discriminator":
+        """An equivalent plain copy (eval mode) with the spectral-normalised weights folded in, for export."""
+        self.eval()
+        state = {k: v for k, v in self.state_dict().items() if ".parametrizations." not in k}
+        with torch.no_grad():
+            for name, sub in self.named_modules():
+                if parametrize.is_parametrized(sub):
+                    for tensor_name in sub.parametrizations:
+                        state[f"{name}.{tensor_name}"] = getattr(sub, tensor_name).detach().clone()
+        plain = Discriminator(**self.init_args, spectral_norm=False)
+        plain.load_state_dict(state)
+        return plain.eval()
 
 
 class Encoder(nn.Module):

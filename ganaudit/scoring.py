@@ -9,22 +9,6 @@ from torch import nn
 from .nets import Discriminator, Encoder, Generator
 
 
-def bake_parametrizations(module: nn.Module) -> nn.Module:
-    """A copy with spectral norm (and any other parametrization) folded into plain weights, for export."""
-    import copy
-
-    from torch.nn.utils import parametrize
-
-    module = copy.deepcopy(module).eval()
-    for sub in module.modules():
-        if parametrize.is_parametrized(sub):
-            for name in list(sub.parametrizations):
-                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
-    return module
-
-ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual"]
-
-
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """A normalised 2-D Gaussian [1, 1, k, k] with k = 2 * ceil(2 sigma) + 1."""
     radius = max(1, int(2 * sigma + 0.999))
@@ -44,7 +28,7 @@ class ScoringModel(nn.Module):
 
     def __init__(self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = 1.0) -> None:
         super().__init__()
-        self.G, self.D, self.E = G.eval(), bake_parametrizations(D), E.eval()
+        self.G, self.D, self.E = G.eval(), D.without_spectral_norm(), E.eval()
         self.kappa = float(kappa)
         self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
         self.requires_grad_(False)

@@ -230,3 +230,16 @@ def test_int8_export_reports_drift_and_still_loads(tiny_run, tmp_path, mnist_tes
     assert report["quantize"] == "int8" and report["int8_drift"]["anomaly_score_max_rel"] >= 0
     v = Detector.load(tmp_path / "q.onnx").detect(mnist_test_images[0][0])
     assert v.status == "ok" and np.isfinite(v.anomaly_score)
+
+
+def test_export_refuses_an_unfinished_run_unless_partial(tmp_path):
+    from ganaudit.datasets import load_dataset
+    from ganaudit.train import TrainConfig, train
+
+    cfg = TrainConfig(size=16, width=8, z_dim=8, batch_size=16, steps=10, encoder_steps=10)
+    run = train(cfg, load_dataset("sklearn:digits?label=1", size=16), tmp_path / "r", progress=False, stop_at=12)
+    res = run_cli("export", run, "-o", tmp_path / "m.onnx")
+    assert res.exit_code == 2 and "not finished (step 12 of 20)" in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+    assert run_cli("export", run, "-o", tmp_path / "m.onnx", "--partial").exit_code == 0
+    assert oct((tmp_path / "m.onnx").stat().st_mode & 0o777) == "0o644"

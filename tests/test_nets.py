@@ -46,3 +46,17 @@ def test_spectral_norm_bounds_the_weight_norm():
     conv = D.trunk[0]
     w = conv.weight.flatten(1)
     assert torch.linalg.matrix_norm(w, ord=2) < 1.1
+
+
+def test_without_spectral_norm_is_equivalent_and_leaves_the_original_intact():
+    D = Discriminator(16, 1, width=8, spectral_norm=True)
+    D.train()
+    D(torch.randn(8, 1, 16, 16))
+    D.eval()
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        plain = D.without_spectral_norm()
+        for a, b in zip(D(x), plain(x)):
+            torch.testing.assert_close(a, b)
+        D(x)  # the original still works after the copy
+    assert not any("parametrizations" in k for k in plain.state_dict())

@@ -1,0 +1,87 @@
+"""P1a: onnxruntime vs torch eager throughput for the same detector, same images, same threads.
+
+    python benchmarks/p1a_ort_vs_torch.py [--run RUN_DIR] [--threads 2] [--seconds 5] [--json out.json]
+
+Without --run it trains a throw-away run with the default architecture (speed does not depend on
+training quality). Both engines score the same real MNIST images in the same process, alternating,
+and the ratio is what to quote: absolute images/s on a shared 2-core machine mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganaudit.datasets import load_dataset
+from ganaudit.export import export
+from ganaudit.runtime import Detector
+from ganaudit.scoring import ScoringModel
+from ganaudit.train import TrainConfig, load_networks, train
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
+
+
+def throughput(fn, x: np.ndarray, seconds: float) -> float:
+    """Images per second of ``fn`` on batch ``x``, after one warm-up call."""
+    fn(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(x)
+        n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def quick_run(tmp: Path) -> Path:
+    data = load_dataset("sklearn:digits", size=32)
+    cfg = TrainConfig(steps=20, encoder_steps=10)
+    return train(cfg, data, tmp / "run", progress=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, help="training run directory (default: a quick throw-away run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0, help="measuring time per engine and batch size")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or quick_run(Path(tmp))
+        model_path = Path(tmp) / "detector.onnx"
+        export(run, model_path)
+        det = Detector.load(model_path, threads=args.threads, batch_size=64)
+        cfg, nets, _ = load_networks(run)
+        model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa).eval()
+        images = load_dataset(str(MNIST), size=cfg.size, index_range="8000:8064").images
+
+        def torch_fn(x: np.ndarray) -> None:
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+
+        results = {"threads": args.threads, "model": {"size": cfg.size, "width": cfg.width, "z_dim": cfg.z_dim}}
+        for batch in (1, 64):
+            x = np.ascontiguousarray(images[:batch])
+            rates = {"torch": [], "ort": []}
+            for _ in range(3):  # alternate engines so drift in machine load hits both alike
+                rates["torch"].append(throughput(torch_fn, x, args.seconds / 3))
+                rates["ort"].append(throughput(det.run, x, args.seconds / 3))
+            t, o = float(np.median(rates["torch"])), float(np.median(rates["ort"]))
+            results[f"batch_{batch}"] = {"torch_img_s": round(t, 1), "ort_img_s": round(o, 1), "ratio": round(o / t, 2)}
+            print(f"batch {batch:>2}: torch {t:8.1f} img/s   onnxruntime {o:8.1f} img/s   ratio {o / t:.2f}x")
+    ok = results["batch_64"]["ratio"] >= 1.5
+    print(f"target ORT >= 1.5x torch at batch 64: {'met' if ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
