@@ -8,6 +8,8 @@ from torch import nn
 
 from .nets import Discriminator, Encoder, Generator
 
+ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual"]
+
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """A normalised 2-D Gaussian [1, 1, k, k] with k = 2 * ceil(2 sigma) + 1."""

@@ -1,0 +1,157 @@
+"""``ganaudit scan``: scan image folders with an exported detector and write per-image reports.
+
+Runtime only (onnxruntime, OpenCV, numpy): no torch. Heavy imports happen when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+EXIT_FLAGGED = 1
+EXIT_UNREADABLE = 3
+
+
+def _one_line(summary: dict[str, Any]) -> str:
+    c = summary["counts"]
+    parts = [f"{c['ok']} scored", f"{c['flagged']} flagged", f"{c['error']} unreadable", f"{c['skipped']} skipped"]
+    if c.get("resumed"):
+        parts.append(f"{c['resumed']} kept from the previous run")
+    rate = summary.get("images_per_second") or 0.0
+    secs = summary["seconds"]
+    took = f"{secs:.2f}s" if secs < 10 else f"{secs:.0f}s"
+    return (
+        f"scanned {c['candidates']} files: {', '.join(parts)} in {took} ({rate:.0f} images/s); "
+        f"report in {summary['out']}"
+    )
+
+
+def scan_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders to scan.", show_default=False)],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m",
+            help="Exported .onnx detector, or a shipped model's name (default: the shipped default model).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for results.csv, results.jsonl, report.html and summary.json.")
+    ] = Path("ganaudit-report"),
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Report files to write, comma-separated: csv, jsonl, html (summary.json is always written).",
+        ),
+    ] = "csv,jsonl,html",
+    fpr: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Flag at this false-positive rate on the model's normal validation images (e.g. 0.01). "
+            "Excludes the explicit thresholds."
+        ),
+    ] = None,
+    anomaly_threshold: Annotated[
+        Optional[float], typer.Option(help="Flag images whose raw anomaly score is above this.")
+    ] = None,
+    generated_threshold: Annotated[
+        Optional[float],
+        typer.Option(help="Flag images whose generated probability is above this (models with a generated head)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per onnxruntime call.")] = 64,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Threads that read, decode and score images (default: min(4, CPU count)).", show_default=False
+        ),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="onnxruntime threads per scoring call (default: CPU count / workers).", show_default=False),
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels than this (read from the header, before decoding).")
+    ] = 64_000_000,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk into subfolders.")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Keep rows already in results.jsonl for files with unchanged size and mtime; scan the rest."),
+    ] = False,
+    fail_on_flag: Annotated[bool, typer.Option(help="Exit with code 1 when any image is flagged.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with code 3 when any file could not be read or decoded.")] = False,
+    top_k: Annotated[
+        int,
+        typer.Option(help="Flagged images shown with thumbnails and heat maps in report.html (highest scores first)."),
+    ] = 200,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print summary.json to stdout instead of the one-line summary.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
+
+    Exit codes: 0 done; 1 something flagged (with --fail-on-flag); 2 usage or model error;
+    3 some file unreadable (with --strict, checked first).
+    """
+    from .cli import fail
+    from .models import resolve_model
+    from .runtime import Detector
+    from .scan import default_threads, default_workers, parse_formats, scan
+
+    if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
+        raise fail("--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other")
+    if batch_size < 1:
+        raise fail(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise fail(f"--workers must be at least 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise fail(f"--threads must be at least 1, got {threads}")
+    formats = parse_formats(format)
+    model_path = resolve_model(model)
+    if max_pixels < 1:
+        raise fail(f"--max-pixels must be at least 1, got {max_pixels}")
+    workers = default_workers() if workers is None else workers
+    threads = default_threads(workers) if threads is None else threads
+    detector = Detector.load(model_path, threads=threads, batch_size=batch_size, max_pixels=max_pixels)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="scanning", unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def on_progress(n: int, counts: dict[str, int]) -> None:
+        if bar is not None:
+            bar.set_postfix(flagged=counts["flagged"], errors=counts["error"], refresh=False)
+            bar.update(n)
+
+    try:
+        result = scan(
+            detector, paths, out, formats=formats, fpr=fpr, anomaly_threshold=anomaly_threshold,
+            generated_threshold=generated_threshold, batch_size=batch_size, workers=workers, recursive=recursive,
+            resume=resume, top_k=top_k, model_path=model_path, on_progress=on_progress,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; partial results are in {out}. Continue with the same command plus --resume", 130)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = result.summary
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if json_out else _one_line(summary))
+    counts = summary["counts"]
+    if strict and counts["error"]:
+        raise typer.Exit(EXIT_UNREADABLE)
+    if fail_on_flag and counts["flagged"]:
+        raise typer.Exit(EXIT_FLAGGED)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the scan command to the CLI."""
+    from .cli import friendly_errors  # imported here: cli.py imports this module at its end
+
+    app.command("scan")(friendly_errors(scan_cmd))

@@ -1,0 +1,668 @@
+"""Scan outputs: streaming CSV / JSONL row writers, ``summary.json`` and a self-contained ``report.html``.
+
+The writers append whole batches with one ``write`` and flush after each, so a scan that is killed
+leaves CSV and JSONL files whose complete lines all parse. The HTML report is built once at the end
+from small, bounded inputs (score arrays for the histograms, the top-K flagged rows with their
+thumbnails, the first errors), with every image inlined as a base64 PNG data URI and every file name
+HTML-escaped.
+
+Runtime layer: numpy, OpenCV and the standard library only (never torch).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cv2
+import numpy as np
+
+from .atomic import atomic_write
+from .grid import encode_png
+
+__all__ = [
+    "COLUMNS",
+    "EXTRA_COLUMNS",
+    "ROW_FIELDS",
+    "CsvWriter",
+    "JsonlWriter",
+    "FlaggedImage",
+    "ReportData",
+    "csv_from_jsonl",
+    "read_jsonl",
+    "render_html",
+    "svg_histogram",
+    "make_thumbnail",
+    "png_data_uri",
+    "heat_overlay",
+    "write_output",
+    "write_summary",
+]
+
+# The row contract (issue 4), then the extras that --resume needs.
+COLUMNS = [
+    "path", "status", "error", "width", "height", "anomaly_score", "anomaly_percentile", "anomaly_flag",
+    "generated_score", "generated_flag", "flagged", "sha256",
+]  # fmt: skip
+EXTRA_COLUMNS = ["size", "mtime"]
+ROW_FIELDS = COLUMNS + EXTRA_COLUMNS
+
+THUMB_SIZE = 112
+COLORMAP = cv2.COLORMAP_INFERNO
+# CSS stops that match COLORMAP_INFERNO, for the legend.
+_INFERNO_CSS = "#000004, #320a5e, #781c6d, #bb3754, #ed6925, #fbb61a, #fcffa4"
+
+
+# --------------------------------------------------------------------------- row writers
+
+
+def _csv_cells(row: dict[str, Any]) -> list[Any]:
+    """One row's CSV cells: None -> empty, booleans -> true/false, floats at full precision."""
+    cells: list[Any] = []
+    for key in ROW_FIELDS:
+        value = row.get(key)
+        kind = type(value)
+        if value is None:
+            cells.append("")
+        elif kind is bool:
+            cells.append("true" if value else "false")
+        elif kind is float:
+            cells.append(repr(value))
+        else:
+            cells.append(value)
+    return cells
+
+
+def _csv_text(rows: Iterable[dict[str, Any]], header: bool = False) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(ROW_FIELDS)
+    w.writerows(map(_csv_cells, rows))
+    return buf.getvalue()
+
+
+class CsvWriter:
+    """Appends rows to ``results.csv``; the header is written when the file is new or empty."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+        self.path = Path(path)
+        fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
+        self._f = open(self.path, "w" if fresh else "a", encoding="utf-8", newline="")
+        if fresh:
+            self._f.write(_csv_text((), header=True))
+            self._f.flush()
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self._f.write(_csv_text(rows))  # one write per batch: a kill leaves whole lines
+            self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _jsonl_line(row: dict[str, Any]) -> bytes:
+    return (json.dumps({k: row.get(k) for k in ROW_FIELDS}, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+class JsonlWriter:
+    """Appends rows to ``results.jsonl`` (one JSON object per line) and returns each line's byte offset."""
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+        self.path = Path(path)
+        self._f: BinaryIO = open(self.path, "ab" if append else "wb")
+        self._f.seek(0, os.SEEK_END)
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Write the rows; return the byte offset at which each one starts."""
+        if not rows:
+            return []
+        offsets, chunks, pos = [], [], self._f.tell()
+        for row in rows:
+            line = _jsonl_line(row)
+            offsets.append(pos)
+            chunks.append(line)
+            pos += len(line)
+        self._f.write(b"".join(chunks))
+        self._f.flush()
+        return offsets
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
+    """Yield ``(byte offset, row)`` for each complete, parseable line of a results.jsonl file.
+
+    A last line cut short by a killed scan (no newline, or not valid JSON) is left out.
+    """
+    with open(path, "rb") as f:
+        pos = 0
+        for line in f:
+            start, pos = pos, pos + len(line)
+            if not line.endswith(b"\n"):
+                break
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "path" in row:
+                yield start, row
+
+
+def csv_from_jsonl(jsonl: str | os.PathLike, csv_path: str | os.PathLike) -> None:
+    """(Re)write results.csv from results.jsonl, streaming, atomically."""
+    tmp = Path(f"{csv_path}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as out:
+        out.write(_csv_text((), header=True))
+        batch: list[dict[str, Any]] = []
+        for _, row in read_jsonl(jsonl):
+            batch.append(row)
+            if len(batch) >= 1024:
+                out.write(_csv_text(batch))
+                batch.clear()
+        out.write(_csv_text(batch))
+    os.replace(tmp, csv_path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_output(path: str | os.PathLike, text: str) -> None:
+    """Write a report file atomically, readable like any file the user creates (not mkstemp's 0600)."""
+    target = atomic_write(path, text)
+    try:
+        os.chmod(target, 0o666 & ~_umask())
+    except OSError:
+        pass
+
+
+def write_summary(path: str | os.PathLike, summary: dict[str, Any]) -> None:
+    write_output(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _fit_box(width: int, height: int, box: int) -> tuple[int, int]:
+    scale = box / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def make_thumbnail(image: np.ndarray, box: int = THUMB_SIZE) -> np.ndarray:
+    """A decoded image (uint8 HxWxC, RGB or gray) shrunk to fit ``box``; gray stays one channel.
+
+    Smaller images keep their size: the report enlarges them on screen with crisp pixels, which keeps
+    the embedded PNGs small.
+    """
+    img = image if image.ndim == 3 else image[:, :, None]
+    h, w = img.shape[:2]
+    if max(h, w) > box:
+        tw, th = _fit_box(w, h, box)
+        img = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
+        if img.ndim == 2:
+            img = img[:, :, None]
+    return np.ascontiguousarray(img)
+
+
+def heat_overlay(
+    thumb: np.ndarray, anomaly_map: np.ndarray, *, fit: str = "stretch", vmin: float = 0.0, vmax: float = 1.0
+) -> np.ndarray:
+    """The anomaly map blended over a thumbnail (gray or RGB uint8); returns RGB uint8.
+
+    The map (model resolution, square) is upsampled onto the part of the image the model saw (all of
+    it for ``stretch``, the centred square for ``center_crop``), scaled from ``[vmin, vmax]`` to [0, 1]
+    (one range for a whole report, so colors compare between images), colored with the inferno colormap
+    and blended over the darkened grayscale thumbnail, more opaque where the map is hotter.
+    """
+    th, tw = thumb.shape[:2]
+    if fit == "center_crop" and th != tw:
+        side = min(th, tw)
+        top, left = (th - side) // 2, (tw - side) // 2
+        region: tuple[slice, slice] = (slice(top, top + side), slice(left, left + side))
+        rw = rh = side
+    else:
+        region, rw, rh = (slice(0, th), slice(0, tw)), tw, th
+    up = cv2.resize(np.asarray(anomaly_map, np.float32), (rw, rh), interpolation=cv2.INTER_LINEAR)
+    norm = np.clip((up - vmin) / max(float(vmax) - float(vmin), 1e-12), 0.0, 1.0)
+    heat = _colormap_lut()[(norm * 255).astype(np.uint8)]
+    if thumb.ndim == 3 and thumb.shape[2] == 3:
+        gray = cv2.cvtColor(np.ascontiguousarray(thumb), cv2.COLOR_RGB2GRAY)
+    else:
+        gray = thumb.reshape(th, tw)
+    gray = gray.astype(np.float32) * np.float32(0.8)
+    out = cv2.merge([gray, gray, gray])
+    alpha = (np.float32(0.35) + np.float32(0.55) * norm)[:, :, None]
+    out[region] = (1 - alpha) * out[region] + alpha * heat
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=1)
+def _colormap_lut() -> np.ndarray:
+    """COLORMAP as a 256 x 3 float32 RGB table (applyColorMap rebuilds its table on every call)."""
+    ramp = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), COLORMAP)
+    return ramp[:, 0, ::-1].astype(np.float32)
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def svg_histogram(
+    values: np.ndarray,
+    threshold: float | None,
+    *,
+    xlabel: str,
+    bins: int = 40,
+    width: int = 560,
+    height: int = 220,
+    bounds: tuple[float, float] | None = None,
+) -> str:
+    """An inline SVG histogram, bars above the threshold in red, the threshold as a dashed line.
+
+    ``bounds`` fixes the x range (e.g. (0, 1) for probabilities); by default it spans the values and
+    the threshold.
+    """
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return '<p class="muted">No scores to plot.</p>'
+    thr = threshold if threshold is not None and math.isfinite(threshold) else None
+    lo, hi = float(v.min()), float(v.max())
+    if thr is not None:
+        lo, hi = min(lo, thr), max(hi, thr)
+    if hi <= lo:
+        pad = abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    span = hi - lo
+    lo, hi = lo - span * 0.02, hi + span * 0.02
+    if bounds is not None:
+        lo, hi = min(bounds[0], float(v.min())), max(bounds[1], float(v.max()))
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    ml, mr, mt, mb = 44, 12, 26, 40
+    pw, ph = width - ml - mr, height - mt - mb
+    top = max(1, int(counts.max()))
+
+    def x_of(val: float) -> float:
+        return ml + (val - lo) / (hi - lo) * pw
+
+    parts = [
+        f'<svg class="hist" viewBox="0 0 {width} {height}" role="img" xmlns="http://www.w3.org/2000/svg">',
+        f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" class="axis"/>',
+        f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" class="axis"/>',
+    ]
+    bw = pw / bins
+    for i, c in enumerate(counts):
+        if c == 0:
+            continue
+        bh = c / top * ph
+        center = (edges[i] + edges[i + 1]) / 2
+        cls = "bar hot" if thr is not None and center > thr else "bar"
+        parts.append(
+            f'<rect class="{cls}" x="{ml + i * bw + 0.5:.1f}" y="{mt + ph - bh:.1f}" width="{max(bw - 1, 0.5):.1f}" '
+            f'height="{bh:.1f}"><title>{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {int(c)}</title></rect>'
+        )
+    for k in range(5):
+        val = lo + (hi - lo) * k / 4
+        x = x_of(val)
+        parts.append(f'<line x1="{x:.1f}" y1="{mt + ph}" x2="{x:.1f}" y2="{mt + ph + 4}" class="axis"/>')
+        parts.append(f'<text x="{x:.1f}" y="{mt + ph + 16}" class="tick" text-anchor="middle">{_fmt(val, 3)}</text>')
+    for count in sorted({0, top // 2, top}):
+        y = mt + ph - count / top * ph
+        parts.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{count}</text>')
+    parts.append(
+        f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" class="label" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
+    if thr is not None:
+        x = x_of(thr)
+        anchor, dx = ("end", -5) if x > ml + pw * 0.7 else ("start", 5)
+        parts.append(f'<line x1="{x:.1f}" y1="{mt - 12}" x2="{x:.1f}" y2="{mt + ph}" class="thr"/>')
+        parts.append(
+            f'<text x="{x + dx:.1f}" y="{mt - 4}" class="thr-label" text-anchor="{anchor}">threshold {_fmt(thr)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- the HTML report
+
+
+@dataclass
+class FlaggedImage:
+    """One flagged row for the report table, with its (optional) thumbnail and heat-map overlay.
+
+    The images are RGB uint8 arrays, or PNG data URIs already encoded (see :func:`png_data_uri`).
+    """
+
+    row: dict[str, Any]
+    thumbnail: np.ndarray | str | None = None
+    overlay: np.ndarray | str | None = None
+    note: str | None = None  # why there is no thumbnail
+
+
+@dataclass
+class ReportData:
+    summary: dict[str, Any]
+    anomaly_scores: np.ndarray
+    generated_scores: np.ndarray | None
+    flagged: list[FlaggedImage] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    has_generated_head: bool = False
+    map_range: tuple[float, float] | None = None
+
+
+_CSS = """
+:root{--fg:#1f2933;--muted:#66788a;--line:#e3e8ee;--bg:#f6f8fa;--card:#fff;--accent:#2563eb;--hot:#dc2626;--ok:#15803d}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+  color:var(--fg);background:var(--bg)}
+header{background:#111827;color:#f9fafb;padding:22px 32px}
+header h1{margin:0;font-size:22px;font-weight:600;letter-spacing:.2px}
+header .sub{color:#9ca3af;margin-top:4px;font-size:13px;word-break:break-all}
+main{padding:24px 32px 40px;max-width:1400px;margin:0 auto}
+section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 20px;margin-bottom:20px}
+h2{font-size:16px;margin:0 0 12px;font-weight:600}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin-bottom:20px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px}
+.card .n{font-size:26px;font-weight:600}
+.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.5px}
+.card.hot .n{color:var(--hot)} .card.err .n{color:#b45309}
+.grid2{display:grid;grid-template-columns:1fr 1fr;gap:20px}
+@media (max-width:1000px){.grid2{grid-template-columns:1fr}}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:6px 16px;margin:0}
+dt{color:var(--muted)} dd{margin:0;overflow-wrap:anywhere}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
+.muted{color:var(--muted)}
+.hist{width:100%;height:auto;display:block}
+.hist .bar{fill:#93a8c4} .hist .bar.hot{fill:var(--hot)}
+.hist .axis{stroke:#9aa5b1;stroke-width:1}
+.hist .tick{font-size:10px;fill:var(--muted)} .hist .label{font-size:11px;fill:var(--fg)}
+.hist .thr{stroke:var(--hot);stroke-width:1.5;stroke-dasharray:4 3}
+.hist .thr-label{font-size:11px;fill:var(--hot);font-weight:600;paint-order:stroke;stroke:#fff;stroke-width:3px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);vertical-align:middle}
+th{font-size:12px;color:var(--muted);text-transform:uppercase;letter-spacing:.4px;background:#fafbfc;
+  position:sticky;top:0}
+th.sort{cursor:pointer;user-select:none;white-space:nowrap}
+th.sort:after{content:" \\2195";color:#c0c8d2}
+th.asc:after{content:" \\2191";color:var(--accent)} th.desc:after{content:" \\2193";color:var(--accent)}
+td.num{text-align:right;font-variant-numeric:tabular-nums} th.num{text-align:right}
+td.path{max-width:460px;overflow-wrap:anywhere}
+table.errors td.path{width:45%}
+tbody tr:hover{background:#f9fbff}
+img.t{width:__THUMB__px;height:__THUMB__px;object-fit:contain;image-rendering:pixelated;
+  border:1px solid var(--line);border-radius:4px;display:block}
+.noimg{width:__THUMB__px;height:__THUMB__px;display:flex;align-items:center;justify-content:center;
+  text-align:center;font-size:11px;color:var(--muted);background:#f1f3f5;border-radius:4px;padding:6px}
+.badge{display:inline-block;padding:1px 8px;border-radius:999px;font-size:11.5px;font-weight:600;margin:1px 2px}
+.badge.a{background:#fee2e2;color:#991b1b} .badge.g{background:#ede9fe;color:#5b21b6}
+.legend{display:flex;align-items:center;gap:8px;font-size:12px;color:var(--muted);margin:6px 0 12px}
+.legend .ramp{width:160px;height:10px;border-radius:3px;background:linear-gradient(90deg,__RAMP__)}
+.note{background:#fff7ed;border:1px solid #fed7aa;color:#9a3412;border-radius:8px;padding:8px 12px;margin-bottom:12px}
+footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
+a{color:var(--accent);text-decoration:none} a:hover{text-decoration:underline}
+"""
+
+_JS = """
+document.querySelectorAll('table.sortable').forEach(function(t){
+  var ths=t.querySelectorAll('th.sort');
+  ths.forEach(function(th,i){th.addEventListener('click',function(){
+    var col=parseInt(th.dataset.col,10),num=th.dataset.type==='num';
+    var dir=th.classList.contains('desc')?1:-1;
+    if(!th.classList.contains('asc')&&!th.classList.contains('desc'))dir=num?-1:1;
+    ths.forEach(function(o){o.classList.remove('asc','desc')});
+    th.classList.add(dir>0?'asc':'desc');
+    var body=t.tBodies[0],rows=Array.prototype.slice.call(body.rows);
+    rows.sort(function(a,b){
+      var x=a.cells[col].dataset.v,y=b.cells[col].dataset.v;
+      if(num){x=x===''?-Infinity:parseFloat(x);y=y===''?-Infinity:parseFloat(y);return (x-y)*dir;}
+      return x.localeCompare(y)*dir;});
+    rows.forEach(function(r){body.appendChild(r)});
+  });});
+});
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _path_html(path: Any) -> str:
+    """An escaped path that may wrap after each slash."""
+    return _e(path).replace("/", "/<wbr>")
+
+
+def _num_cell(value: Any, text: str | None = None) -> str:
+    v = "" if value is None else repr(float(value)) if isinstance(value, (int, float)) else _e(value)
+    shown = text if text is not None else ("n/a" if value is None else _fmt(float(value)))
+    return f'<td class="num" data-v="{v}">{_e(shown)}</td>'
+
+
+def _threshold_text(thr: dict[str, Any], head: str) -> str:
+    value = thr.get(head)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    how = (thr.get("how") or {}).get(head)
+    return f"{_fmt(float(value), 6)}" + (f" <span class='muted'>({_e(how)})</span>" if how else "")
+
+
+def _flag_badges(row: dict[str, Any]) -> str:
+    out = []
+    if row.get("anomaly_flag"):
+        out.append('<span class="badge a">anomaly</span>')
+    if row.get("generated_flag"):
+        out.append('<span class="badge g">generated</span>')
+    return "".join(out)
+
+
+def _image_cell(image: np.ndarray | str | None, note: str | None, alt: str) -> str:
+    if image is None:
+        return f'<td><div class="noimg">{_e(note or "unavailable")}</div></td>'
+    uri = image if isinstance(image, str) else png_data_uri(image)
+    if not uri.startswith("data:image/png;base64,"):
+        raise ValueError("report images must be PNG data URIs")
+    return f'<td><img class="t" alt="{_e(alt)}" src="{_e(uri)}"></td>'
+
+
+def _flagged_section(data: ReportData) -> str:
+    s = data.summary
+    counts = s["counts"]
+    n_flagged = counts.get("flagged", 0)
+    gen = data.has_generated_head
+    if not data.flagged:
+        return '<section><h2>Flagged images</h2><p class="muted">No image was flagged.</p></section>'
+    shown = len(data.flagged)
+    scope = (
+        f"all {n_flagged}" if shown >= n_flagged else f"the {shown} highest-scoring of {n_flagged}"
+    )
+    head = (
+        f'<section><h2>Flagged images</h2><p class="muted">Showing {scope} flagged images. '
+        "Click a column header to sort.</p>"
+    )
+    if data.map_range is not None:
+        lo, hi = data.map_range
+        head += (
+            f'<div class="legend">heat map: <span>{_fmt(lo, 3)}</span><span class="ramp"></span>'
+            f"<span>{_fmt(hi, 3)}</span> (per-pixel reconstruction error, one scale for every image)</div>"
+        )
+    cols = [
+        ("#", "num"), ("Image", None), ("Heat map", None), ("Path", "text"), ("Anomaly score", "num"),
+        ("Percentile", "num"), ("Generated score", "num"), ("Flags", "text"), ("Size", "num"), ("SHA-256", "text"),
+    ]  # fmt: skip
+    ths = []
+    for i, (name, kind) in enumerate(cols):
+        cls = ("sort " if kind else "") + ("num" if kind == "num" else "")
+        attrs = f' data-col="{i}" data-type="{kind}"' if kind else ""
+        ths.append(f'<th class="{cls.strip()}"{attrs}>{name}</th>')
+    rows = []
+    for rank, item in enumerate(data.flagged, 1):
+        r = item.row
+        path = _e(r.get("path", ""))
+        w, h = r.get("width"), r.get("height")
+        size_text = f"{w}\u00d7{h}" if w and h else "n/a"
+        pct = r.get("anomaly_percentile")
+        gscore = r.get("generated_score") if gen else None
+        sha = r.get("sha256") or ""
+        flags = " ".join(k for k in ("anomaly", "generated") if r.get(f"{k}_flag"))
+        rows.append(
+            "<tr>"
+            f'<td class="num" data-v="{rank}">{rank}</td>'
+            + _image_cell(item.thumbnail, item.note, "image")
+            + _image_cell(item.overlay, item.note, "heat map")
+            + f'<td class="path mono" data-v="{path}">{_path_html(r.get("path", ""))}</td>'
+            + _num_cell(r.get("anomaly_score"))
+            + _num_cell(pct, None if pct is None else f"{pct:.1f}")
+            + _num_cell(gscore, None if gen else "n/a")
+            + f'<td data-v="{_e(flags)}">{_flag_badges(r)}</td>'
+            + _num_cell((w or 0) * (h or 0), size_text)
+            + f'<td class="mono" data-v="{_e(sha)}" title="{_e(sha)}">{_e(sha[:12])}</td>'
+            "</tr>"
+        )
+    table = f'<table class="sortable"><thead><tr>{"".join(ths)}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return head + table + "</section>"
+
+
+def _errors_section(data: ReportData) -> str:
+    n = data.summary["counts"].get("error", 0)
+    if not n:
+        return ""
+    shown = len(data.errors)
+    scope = f"all {n}" if shown >= n else f"the first {shown} of {n}"
+    rows = "".join(
+        f'<tr><td class="path mono" data-v="{_e(r.get("path", ""))}">{_path_html(r.get("path", ""))}</td>'
+        f'<td data-v="{_e(r.get("error") or "")}">{_e(r.get("error") or "")}</td></tr>'
+        for r in data.errors
+    )
+    return (
+        f'<section><h2>Files that could not be scored</h2><p class="muted">Showing {scope}; '
+        "every one has a row with <code>status=error</code> in the results files.</p>"
+        '<table class="sortable errors"><thead><tr><th class="sort" data-col="0" data-type="text">Path</th>'
+        '<th class="sort" data-col="1" data-type="text">Reason</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _trained_on(prov: dict[str, Any]) -> str:
+    data = prov.get("data") if isinstance(prov.get("data"), dict) else {}
+    source = data.get("source") or "unknown data"
+    if data.get("label") is not None:
+        source += f" (label {data['label']})"
+    return f"{source}: {prov.get('n_train', '?')} training images, fingerprint {prov.get('fingerprint', '?')}"
+
+
+def _card(label: str, value: Any, cls: str = "", sub: str = "") -> str:
+    sub_html = f'<div class="muted">{_e(sub)}</div>' if sub else ""
+    return f'<div class="card {cls}"><div class="k">{_e(label)}</div><div class="n">{_e(value)}</div>{sub_html}</div>'
+
+
+def render_html(data: ReportData) -> str:
+    """The whole report as one HTML string (inline CSS, JS, SVG and images)."""
+    s = data.summary
+    c = s["counts"]
+    model = s["model"]
+    thr = s["thresholds"]
+    prov = model.get("provenance") or {}
+    total_ok = c.get("ok", 0)
+    pct_flagged = f"{100 * c.get('flagged', 0) / total_ok:.1f}% of scored" if total_ok else ""
+    cards = "".join(
+        [
+            _card("Files", c.get("candidates", 0), sub=f"{c['resumed']} kept from earlier" if c.get("resumed") else ""),
+            _card("Scored", total_ok),
+            _card("Flagged", c.get("flagged", 0), "hot" if c.get("flagged") else "", pct_flagged),
+            _card("Errors", c.get("error", 0), "err" if c.get("error") else ""),
+            _card("Skipped", c.get("skipped", 0), sub="non-image files"),
+            _card("Speed", f"{s.get('images_per_second', 0):.0f}/s", sub=f"{_fmt(float(s.get('seconds', 0)), 2)} s"),
+        ]
+    )
+    gen = data.has_generated_head
+    exported_by = prov.get("export_ganaudit_version", prov.get("ganaudit_version", "?"))
+    no_head = "<span class='muted'>(this model has no generated-image head)</span>"
+    model_rows = [
+        ("Model", _e(model.get("name"))),
+        ("Spec hash", f"<code>{_e(model.get('spec_hash'))}</code>"),
+        ("File", f'<span class="mono">{_e(model.get("path", ""))}</span>'),
+        ("Heads", _e(", ".join(model.get("heads", [])))),
+        ("Input", _e(model.get("input", ""))),
+        ("Trained on", _e(_trained_on(prov))),
+        ("Exported", _e(f"{prov.get('exported', '?')} by ganaudit {exported_by}")),
+    ]
+    thr_rows = [
+        ("Anomaly threshold", _threshold_text(thr, "anomaly")),
+        ("Generated threshold", _threshold_text(thr, "generated") if gen else f"n/a {no_head}"),
+        ("Flagged by anomaly", _e(c.get("anomaly_flagged", 0))),
+        ("Flagged as generated", _e(c.get("generated_flagged", 0)) if gen else "n/a"),
+        ("Scanned", f'<span class="mono">{_e(", ".join(s.get("paths", [])))}</span>'),
+        ("Started", _e(s.get("started", ""))),
+        ("Workers / batch", _e(f"{s.get('workers')} / {s.get('batch_size')}")),
+    ]
+    dl = lambda items: "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"  # noqa: E731
+    anomaly_hist = svg_histogram(
+        data.anomaly_scores, thr.get("anomaly"), xlabel="anomaly score", bins=40 if gen else 60,
+        width=560 if gen else 1100, height=220 if gen else 240,
+    )  # fmt: skip
+    if gen:
+        generated = data.generated_scores if data.generated_scores is not None else np.empty(0)
+        gen_hist = svg_histogram(generated, thr.get("generated"), xlabel="generated probability", bounds=(0.0, 1.0))
+        histograms = (
+            f'<div class="grid2"><section><h2>Anomaly scores</h2>{anomaly_hist}</section>'
+            f"<section><h2>Generated scores</h2>{gen_hist}</section></div>"
+        )
+    else:
+        histograms = (
+            f"<section><h2>Anomaly scores</h2>{anomaly_hist}"
+            '<p class="muted">Generated scores: n/a (this model has no generated-image head).</p></section>'
+        )
+    notes = ""
+    if not s.get("complete", True):
+        notes = '<div class="note">This scan did not finish; the counts cover the files processed so far.</div>'
+    files = " · ".join(
+        f'<a href="{_e(name)}">{_e(name)}</a>' for name in s.get("files", {}).values() if name != "report.html"
+    )
+    css = _CSS.replace("__THUMB__", str(THUMB_SIZE)).replace("__RAMP__", _INFERNO_CSS)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ganaudit scan report: {_e(model.get("name"))}</title>
+<style>{css}</style></head>
+<body>
+<header><h1>ganaudit scan report</h1>
+<div class="sub">{_e(", ".join(s.get("paths", [])))} · model {_e(model.get("name"))} ({_e(model.get("spec_hash"))})
+ · {_e(s.get("finished") or s.get("started", ""))}</div></header>
+<main>
+{notes}
+<div class="cards">{cards}</div>
+<div class="grid2">
+<section><h2>Model</h2>{dl(model_rows)}</section>
+<section><h2>Thresholds and scan</h2>{dl(thr_rows)}</section>
+</div>
+{histograms}
+{_flagged_section(data)}
+{_errors_section(data)}
+</main>
+<footer>Generated by ganaudit {_e(s.get("ganaudit_version", ""))}. Per-image results: {files}</footer>
+<script>{_JS}</script>
+</body></html>
+"""
