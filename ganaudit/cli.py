@@ -112,6 +112,19 @@ def train(
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
     spectral_norm: Annotated[bool, typer.Option(help="Spectral normalisation in D.")] = True,
     minibatch_std: Annotated[bool, typer.Option(help="Minibatch-stddev layer in D (against mode collapse).")] = True,
+    generated_head: Annotated[
+        bool,
+        typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
+    ] = True,
+    head_steps: Annotated[
+        Optional[int], typer.Option(help="Generated-head training steps (default: a fifth of --steps).")
+    ] = None,
+    native_crops: Annotated[
+        int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
+    ] = 4,
+    head_spectral: Annotated[
+        bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
+    ] = True,
     sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
@@ -121,7 +134,7 @@ def train(
     from .datasets import load_dataset
     from .errors import ConfigError
     from .spec import check_size
-    from .train import TrainConfig, pick_device
+    from .train import TrainConfig, load_config, pick_device
     from .train import train as run_training
 
     check_size(size)
@@ -136,10 +149,14 @@ def train(
         lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
         minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
+        generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
+        head_spectral=head_spectral,
     )  # fmt: skip
+    run_cfg = load_config(out) if resume else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
         index_range=index_range, progress=progress,
+        native_crops=run_cfg.native_crops if run_cfg.generated_head else 0,
     )  # fmt: skip
     typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
     options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
@@ -192,9 +209,10 @@ def export_cmd(
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     worst = max(report.parity_max_error.values())
+    generated = "" if report.generated_threshold is None else f"; generated threshold {report.generated_threshold:.5g}"
     typer.echo(
         f"wrote {report.path} (model {report.name!r}; parity max error {worst:.1e} on {report.n_validation} "
-        f"validation images; anomaly threshold {report.anomaly_threshold:.5g})"
+        f"validation images; anomaly threshold {report.anomaly_threshold:.5g}{generated})"
     )
     if report.int8_drift:
         typer.echo(f"int8 score drift vs fp32: {report.int8_drift}")
@@ -221,7 +239,8 @@ def info(
     lines = [
         f"name:          {spec.name}",
         f"spec hash:     {spec.spec_hash} (format version {spec.format_version})",
-        f"input:         {p.channels} x {p.size} x {p.size}, fit={p.fit}",
+        f"input:         {p.channels} x {p.size} x {p.size}, fit={p.fit}"
+        + (f"; generated head: {p.native_crops} native-scale crops per image" if "crops" in spec.inputs else ""),
         f"heads:         {', '.join(spec.heads)}",
         f"outputs:       {', '.join(spec.outputs)}",
     ]
@@ -236,9 +255,11 @@ def info(
 # Front ends live in their own modules and register their commands here.
 from .cli_scan import register as _register_scan  # noqa: E402
 from .service.cli import register as _register_serve  # noqa: E402
+from .cli_models import register as _register_models  # noqa: E402
 
 _register_scan(app)
 _register_serve(app)
+_register_models(app)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageDecodeError
 from .files import display_path, iter_files
-from .imaging import decode, preprocess
+from .imaging import decode, native_regions, preprocess
 from .spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ class Dataset:
     labels: np.ndarray | None
     source: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # uint8 [N, K, S, S, C] native-scale crops (imaging.native_regions) for the generated-image head, or None.
+    native: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,7 +52,8 @@ class Dataset:
 
     def subset(self, idx: np.ndarray) -> "Dataset":
         labels = None if self.labels is None else self.labels[idx]
-        return Dataset(self.images[idx], [self.ids[i] for i in idx], labels, dict(self.source))
+        native = None if self.native is None else self.native[idx]
+        return Dataset(self.images[idx], [self.ids[i] for i in idx], labels, dict(self.source), native=native)
 
 
 def parse_index_range(text: str | None) -> tuple[int, int | None]:
@@ -182,13 +185,19 @@ def load_dataset(
     labels_file: str | os.PathLike | None = None,
     index_range: str | None = None,
     progress: bool = False,
+    native_crops: int = 0,
 ) -> Dataset:
-    """Load and preprocess a whole source. ``channels="auto"`` picks 1 if every image is grayscale, else 3."""
+    """Load and preprocess a whole source. ``channels="auto"`` picks 1 if every image is grayscale, else 3.
+
+    With ``native_crops`` K > 0 it also keeps K native-scale crops per image (``Dataset.native``, uint8), cut by
+    the generated-image head's crop policy (training with ``TrainConfig(generated_head=True)`` needs them).
+    """
     skipped: list[str] = []
     items, desc = iter_source(source, label=label, labels_file=labels_file, index_range=index_range, skipped=skipped)
     auto = channels == "auto"
     spec = PreprocessSpec(size=size, channels=3 if auto else int(channels), fit=fit)
-    ids, rows, labels, all_gray = [], [], [], True
+    ids, rows, labels, all_gray, natives = [], [], [], True, []
+    crop_spec = PreprocessSpec(size=size, channels=1, native_crops=native_crops) if native_crops else None
     if progress:
         from tqdm import tqdm
 
@@ -198,6 +207,8 @@ def load_dataset(
         ids.append(ident)
         rows.append(preprocess(image, spec))
         labels.append(lab)
+        if crop_spec is not None:
+            natives.append(native_regions(image, crop_spec))
     if skipped:
         shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         log.warning("skipped %d unreadable file(s): %s", len(skipped), shown)
@@ -208,7 +219,14 @@ def load_dataset(
     if auto and all_gray:
         images = np.ascontiguousarray(images[:, :1])
     lab_arr = None if labels[0] is None else np.asarray(labels, dtype=np.int64)
-    return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped)
+    native = _stack_native(natives) if natives else None
+    return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped, native)
+
+
+def _stack_native(natives: list[np.ndarray]) -> np.ndarray:
+    """Stack per-image uint8 crops [K, S, S, c]; gray ones are replicated to RGB (exact) if any image is color."""
+    c = max(n.shape[-1] for n in natives)
+    return np.stack([np.repeat(n, c, axis=-1) if n.shape[-1] != c else n for n in natives])
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,12 +17,14 @@ import torch
 
 from . import __version__
 from .atomic import atomic_write
-from .calibrate import fit_quantiles, fit_threshold
+from .calibrate import fit_platt, fit_quantiles, fit_threshold
+from .generated import PoolSources, crops_of, fake_pool, load_snapshots
+from .imaging import preprocess, regions_to_input
 from .errors import ConfigError, ModelFormatError
 from .runtime import Detector
 from .scoring import ScoringModel
-from .spec import METADATA_KEY, ModelSpec
-from .thresholds import check_fpr
+from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
+from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
 from .train import load_networks
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class ExportReport:
     anomaly_threshold: float
     quantize: str = "none"
     int8_drift: dict[str, float] = field(default_factory=dict)
+    generated_threshold: float | None = None
+    generated_calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,28 +62,40 @@ def load_validation(run_dir: Path) -> np.ndarray:
     return val
 
 
-def torch_outputs(model: torch.nn.Module, x: np.ndarray, names: list[str], batch: int = 256) -> dict[str, np.ndarray]:
+def torch_outputs(
+    model: torch.nn.Module, x: np.ndarray, names: list[str], batch: int = 256, crops: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     parts: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            parts.append(model(torch.from_numpy(x[i : i + batch])))
+            args = (torch.from_numpy(x[i : i + batch]),)
+            if crops is not None:
+                args += (torch.from_numpy(crops[i : i + batch]),)
+            parts.append(model(*args))
     return {n: torch.cat([p[k] for p in parts]).numpy() for k, n in enumerate(names)}
 
 
-def to_onnx(model: torch.nn.Module, example: np.ndarray, names: list[str]) -> onnx.ModelProto:
+def to_onnx(
+    model: torch.nn.Module, example: np.ndarray, names: list[str], crops: np.ndarray | None = None
+) -> onnx.ModelProto:
     """TorchScript-based exporter, pinned explicitly (torch >= 2.9 defaults to dynamo)."""
     buf = io.BytesIO()
+    args: tuple[torch.Tensor, ...] = (torch.from_numpy(example),)
+    inputs = ["image"]
+    if crops is not None:
+        args += (torch.from_numpy(crops),)
+        inputs.append("crops")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about constant folding
         torch.onnx.export(
             model,
-            (torch.from_numpy(example),),
+            args,
             buf,
             dynamo=False,
             opset_version=OPSET,
-            input_names=["image"],
+            input_names=inputs,
             output_names=names,
-            dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+            dynamic_axes={**{n: {0: "batch"} for n in inputs}, **{n: {0: "batch"} for n in names}},
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
@@ -127,9 +143,18 @@ def quantize_int8(fp32: bytes, val: np.ndarray) -> bytes:
     """Static int8 quantization (QDQ), calibrated on the validation images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    n_crops = next((i for i in onnx.load_from_string(fp32).graph.input if i.name == "crops"), None)
+    k = n_crops.type.tensor_type.shape.dim[1].dim_value if n_crops is not None else 0
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"image": val[i : i + 32]} for i in range(0, len(val), 32)])
+            feeds = []
+            for i in range(0, len(val), 32):
+                feed = {"image": val[i : i + 32]}
+                if k:
+                    feed["crops"] = np.repeat(val[i : i + 32, None], k, axis=1)
+                feeds.append(feed)
+            self.batches = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -169,21 +194,26 @@ def export(
     val = load_validation(run_dir)
     if len(val) < MIN_VALIDATION_WARN:
         log.warning("only %d validation images: the threshold at FPR %g is a rough estimate", len(val), fpr)
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa).eval()
+    head = nets.H if cfg.generated_head else None
+    if cfg.generated_head and head is None:
+        log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
+    val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
     names = model.output_names
-    proto = to_onnx(model, val[:2], names)
+    proto = to_onnx(model, val[:2], names, None if val_crops is None else val_crops[:2])
     spec = ModelSpec(
         name=name or run_dir.resolve().name,
         preprocess=cfg.preprocess,
-        heads=["anomaly"],
+        heads=["anomaly"] + (["generated"] if head is not None else []),
         outputs=names,
+        inputs=model.input_names,
         provenance=provenance(run_dir, asdict(cfg), quantize),
     )
     fp32 = with_spec(proto, spec)
-    expected = torch_outputs(model, val, names)
-    parity = check_parity(expected, Detector.load(fp32).run(val))
+    expected = torch_outputs(model, val, names, crops=val_crops)
+    parity = check_parity(expected, Detector.load(fp32).run(val, val_crops))
     final = fp32 if quantize == "none" else quantize_int8(fp32, val)
-    scores = Detector.load(final).run(val)
+    scores = Detector.load(final).run(val, val_crops)
     drift: dict[str, float] = {}
     if quantize == "int8":
         ref = expected["anomaly_score"]
@@ -192,11 +222,55 @@ def export(
     a = scores["anomaly_score"]
     spec.thresholds = {"anomaly": fit_threshold(a, fpr)}
     spec.quantiles = {"anomaly": fit_quantiles(a)}
+    if head is not None:
+        fit_generated(spec, Detector.load(final), scores["generated_logit"], run_dir, cfg, nets, fpr)
     atomic_write(output, with_spec(onnx.load_from_string(final), spec))
+    gen_thr = spec.thresholds.get("generated")
     return ExportReport(
         path=str(output), name=spec.name, n_validation=len(val), parity_max_error=parity,
         anomaly_threshold=spec.thresholds["anomaly"].value, quantize=quantize, int8_drift=drift,
+        generated_threshold=None if gen_thr is None else gen_thr.value,
+        generated_calibration=spec.calibration.get("generated"),
     )  # fmt: skip
+
+
+def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
+    """The validation images' native-scale crops as the graph's ``crops`` input [N, K, C, S, S]."""
+    path = run_dir / "validation_native.npy"
+    if not path.is_file():
+        raise ModelFormatError(f"{run_dir} has no validation_native.npy: retrain it with the generated head")
+    regions = np.load(path, allow_pickle=False)
+    if regions.shape[1] != pre.native_crops:
+        raise ModelFormatError(
+            f"{path} holds {regions.shape[1]} crops per image but the run is configured for {pre.native_crops}"
+        )
+    return np.stack([regions_to_input(r, pre) for r in regions])
+
+
+def held_out_fakes(run_dir: Path, cfg: Any, nets: Any, n: int) -> np.ndarray:
+    """Generated images the head never trained on: fresh latents for every snapshot and the EMA generator,
+    and reconstructions of the (held-out) validation images. uint8 NHWC."""
+    src = PoolSources(load_snapshots(run_dir, nets.G), nets.G_ema, nets.E, load_validation(run_dir))
+    return fake_pool(src, n, cfg.seed + 1_000_003, torch.device("cpu"))
+
+
+def fit_generated(
+    spec: ModelSpec, det: Detector, real_logits: np.ndarray, run_dir: Path, cfg: Any, nets: Any, fpr: float
+) -> None:
+    """Platt calibration on held-out real vs held-out generated logits, then the threshold on the calibrated
+    probability of the real validation images at ``fpr``. Scores come from the shipped ONNX graph."""
+    fakes = held_out_fakes(run_dir, cfg, nets, max(len(real_logits), 64))
+    pre = spec.preprocess
+    fake_crops = crops_of(fakes, pre)
+    fake_in = np.stack([preprocess(f, pre) for f in fakes])
+    fake_logits = det.run(fake_in, fake_crops)["generated_logit"]
+    cal = fit_platt(real_logits.astype(np.float64), fake_logits.astype(np.float64))
+    spec.calibration["generated"] = cal
+    p_real = apply_calibration(real_logits, cal)
+    spec.thresholds["generated"] = Threshold(
+        value=threshold_at_fpr(p_real, fpr), fpr=fpr, n_val=int(len(p_real)), method="real-quantile(platt)"
+    )
+    spec.quantiles["generated"] = fit_quantiles(p_real)
 
 
 __all__ = ["export", "ExportReport"]

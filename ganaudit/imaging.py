@@ -31,8 +31,11 @@ __all__ = [
     "decode",
     "image_size",
     "load",
+    "native_crops",
+    "native_regions",
     "preprocess",
     "preprocess_batch",
+    "regions_to_input",
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -566,14 +569,80 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         img = cv2.resize(img, (s, s), interpolation=_interpolation(height, width, s))
         if img.ndim == 2:
             img = img[:, :, None]
+    return _to_input(img, spec.channels)
+
+
+def _to_input(img: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 HxWxC (C in {1, 3}) -> float32 CHW in [-1, 1] with ``channels`` channels."""
     x = img.astype(np.float32)
-    if spec.channels == 1 and x.shape[2] == 3:
+    if channels == 1 and x.shape[2] == 3:
         x = (x @ _LUMA)[:, :, None]
-    elif spec.channels == 3 and x.shape[2] == 1:
+    elif channels == 3 and x.shape[2] == 1:
         x = np.repeat(x, 3, axis=2)
     out = x.transpose(2, 0, 1) / np.float32(127.5) - np.float32(1.0)
     np.clip(out, -1.0, 1.0, out=out)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- native-resolution crops
+
+
+def _crop_grid(height: int, width: int, size: int, n: int) -> list[tuple[int, int]]:
+    """``n`` crop origins (top, left): an evenly spaced g x g grid (g = ceil(sqrt(n))) over the image,
+    taken in order of distance to the centre (ties: top-left first). n=1 is the centre crop, n=4 the corners."""
+    g = int(np.ceil(np.sqrt(n)))
+    tops = np.linspace(0, height - size, g).round().astype(int) if g > 1 else [(height - size) // 2]
+    lefts = np.linspace(0, width - size, g).round().astype(int) if g > 1 else [(width - size) // 2]
+    cells = [(int(t), int(l)) for t in tops for l in lefts]
+    cy, cx = (height - size) / 2, (width - size) / 2
+    cells.sort(key=lambda tl: ((tl[0] - cy) ** 2 + (tl[1] - cx) ** 2, tl))
+    return cells[:n]
+
+
+def native_regions(
+    image: np.ndarray, spec: PreprocessSpec, *, n: int | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The crop policy of the generated-image head: ``n`` (default ``spec.native_crops``) uint8
+    ``size x size`` crops of the image at its native scale, as an array [n, size, size, C].
+
+    Large images are never downscaled (downscaling erases the up-sampling traces of generators). An image
+    smaller than ``size`` on a side is enlarged (INTER_LINEAR, keeping its aspect ratio) until its short side
+    is ``size``; a square image then gives exactly what :func:`preprocess` gives. Crops sit on a fixed grid
+    (see ``_crop_grid``); with ``rng`` their origins are drawn uniformly instead (training).
+    """
+    img = _normalise(image, max_pixels=None)
+    n = spec.native_crops if n is None else n
+    if n < 1:
+        raise ValueError("native_regions needs n >= 1 (the model spec has native_crops = 0: no generated head)")
+    height, width = img.shape[:2]
+    s = spec.size
+    if height < s or width < s:
+        scale = s / min(height, width)
+        new_w, new_h = max(s, int(round(width * scale))), max(s, int(round(height * scale)))
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        height, width = new_h, new_w
+    if rng is not None:
+        origins = [(int(rng.integers(0, height - s + 1)), int(rng.integers(0, width - s + 1))) for _ in range(n)]
+    else:
+        origins = _crop_grid(height, width, s, n)
+    return np.stack([img[t : t + s, l : l + s] for t, l in origins])
+
+
+def regions_to_input(regions: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 crops [n, size, size, C] -> float32 [n, spec.channels, size, size] in [-1, 1] (as preprocess)."""
+    return np.stack([_to_input(r, spec.channels) for r in regions])
+
+
+def native_crops(
+    image: np.ndarray, spec: PreprocessSpec, *, n: int | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The generated-image head's input for one image: float32 [n, C, size, size] crops at native scale.
+
+    ``regions_to_input(native_regions(...))``: the ONE crop policy, shared by head training and the runtime.
+    """
+    return regions_to_input(native_regions(image, spec, n=n, rng=rng), spec)
 
 
 def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

@@ -302,6 +302,9 @@ def svg_histogram(
     if bounds is not None:
         lo, hi = min(bounds[0], float(v.min())), max(bounds[1], float(v.max()))
     counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    # Per bin, the part above the threshold (flagged) is drawn in red on top of the rest, so a bin that
+    # straddles the threshold shows both parts.
+    above = np.histogram(v[v > thr], bins=edges)[0] if thr is not None else np.zeros_like(counts)
     ml, mr, mt, mb = 44, 12, 26, 40
     pw, ph = width - ml - mr, height - mt - mb
     top = max(1, int(counts.max()))
@@ -318,13 +321,18 @@ def svg_histogram(
     for i, c in enumerate(counts):
         if c == 0:
             continue
-        bh = c / top * ph
-        center = (edges[i] + edges[i + 1]) / 2
-        cls = "bar hot" if thr is not None and center > thr else "bar"
-        parts.append(
-            f'<rect class="{cls}" x="{ml + i * bw + 0.5:.1f}" y="{mt + ph - bh:.1f}" width="{max(bw - 1, 0.5):.1f}" '
-            f'height="{bh:.1f}"><title>{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {int(c)}</title></rect>'
-        )
+        n_hot = int(above[i])
+        title = f"{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {int(c)}" + (f" ({n_hot} above the threshold)" if n_hot else "")
+        x, w = f"{ml + i * bw + 0.5:.1f}", f"{max(bw - 1, 0.5):.1f}"
+        base = mt + ph
+        for cls, n in (("bar", int(c) - n_hot), ("bar hot", n_hot)):  # stacked: below, then above the threshold
+            if n == 0:
+                continue
+            bh = n / top * ph
+            parts.append(
+                f'<rect class="{cls}" x="{x}" y="{base - bh:.1f}" width="{w}" height="{bh:.1f}"><title>{title}</title></rect>'
+            )
+            base -= bh
     for k in range(5):
         val = lo + (hi - lo) * k / 4
         x = x_of(val)
@@ -495,11 +503,15 @@ def _flagged_section(data: ReportData) -> str:
     if not data.flagged:
         return '<section><h2>Flagged images</h2><p class="muted">No image was flagged.</p></section>'
     shown = len(data.flagged)
-    scope = (
-        f"all {n_flagged}" if shown >= n_flagged else f"the {shown} highest-scoring of {n_flagged}"
+    scope = f"all {n_flagged}" if shown >= n_flagged else f"the {shown} highest-scoring of {n_flagged}"
+    order = (
+        "Ranked by score within each head, alternating: the most anomalous and the most likely generated "
+        "images come first."
+        if gen
+        else "Ranked by anomaly score."
     )
     head = (
-        f'<section><h2>Flagged images</h2><p class="muted">Showing {scope} flagged images. '
+        f'<section><h2>Flagged images</h2><p class="muted">Showing {scope} flagged images. {order} '
         "Click a column header to sort.</p>"
     )
     if data.map_range is not None:

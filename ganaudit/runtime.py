@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import GanauditError, ImageDecodeError, ModelFormatError
-from .imaging import DEFAULT_MAX_PIXELS, decode, preprocess
+from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess
 from .spec import METADATA_KEY, ModelSpec
 from .thresholds import apply_calibration, check_fpr, percentile, threshold_from_quantiles
 
@@ -53,6 +53,9 @@ class Prepared:
     width: int
     height: int
     source: str | None = None
+    # Native-scale crops [K, C, S, S] for the generated-image head (None: the model has no head, or the
+    # image is scored on ``tensor`` alone, which is exact for images no larger than the model size).
+    crops: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,15 @@ class Detector:
         self.max_pixels = int(max_pixels)
         self.output_names = [o.name for o in session.get_outputs()]
         self.input_name = session.get_inputs()[0].name
-        missing = [n for n in spec.outputs if n not in self.output_names]
+        self.uses_crops = "crops" in spec.inputs
+        graph_inputs = [i.name for i in session.get_inputs()]
+        missing = [n for n in spec.outputs if n not in self.output_names] + [
+            f"input {n}" for n in spec.inputs if n not in graph_inputs
+        ]
         if missing:
-            raise ModelFormatError(f"model graph lacks outputs named in its spec: {', '.join(missing)}")
+            raise ModelFormatError(f"model graph lacks inputs/outputs named in its spec: {', '.join(missing)}")
+        if self.uses_crops and spec.preprocess.native_crops < 1:
+            raise ModelFormatError("model takes native-scale crops but its spec has preprocess.native_crops = 0")
         self.thresholds = self.resolve_thresholds(
             fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold
         )
@@ -206,16 +215,34 @@ class Detector:
     def prepare(self, source: ImageInput) -> Prepared:
         """Decode and preprocess one image. Raises ImageDecodeError."""
         image = decode(source, max_pixels=self.max_pixels)
-        h, w = image.shape[:2]
-        return Prepared(preprocess(image, self.spec.preprocess), w, h, _describe(source))
+        return self.prepare_decoded(image, _describe(source))
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``batch_size``."""
+    def prepare_decoded(self, image: np.ndarray, source: str | None = None) -> Prepared:
+        """Preprocess an already decoded image (and cut its native-scale crops when the model uses them)."""
+        h, w = image.shape[:2]
+        crops = native_crops(image, self.spec.preprocess) if self.uses_crops else None
+        return Prepared(preprocess(image, self.spec.preprocess), w, h, source, crops)
+
+    def run(self, batch: np.ndarray, crops: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``batch_size``.
+
+        A model with a generated-image head also takes ``crops`` [N, K, C, S, S] (imaging.native_crops of each
+        image); without them each image's ``batch`` tensor stands in for all K crops.
+        """
+        if self.uses_crops and crops is None:
+            crops = self._tensor_as_crops(batch)
         chunks: list[list[np.ndarray]] = []
         for i in range(0, len(batch), self.batch_size):
-            part = np.ascontiguousarray(batch[i : i + self.batch_size], dtype=np.float32)
-            chunks.append(self.session.run(self.output_names, {self.input_name: part}))
+            feed = {self.input_name: np.ascontiguousarray(batch[i : i + self.batch_size], dtype=np.float32)}
+            if self.uses_crops:
+                part = crops[i : i + self.batch_size]  # type: ignore[index]
+                feed["crops"] = np.ascontiguousarray(part, dtype=np.float32)
+            chunks.append(self.session.run(self.output_names, feed))
         return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.output_names)}
+
+    def _tensor_as_crops(self, batch: np.ndarray) -> np.ndarray:
+        k = self.spec.preprocess.native_crops
+        return np.repeat(np.asarray(batch, dtype=np.float32)[:, None], k, axis=1)
 
     def score_prepared(
         self, items: Sequence[Prepared], *, include_map: bool = False, thresholds: Thresholds | None = None
@@ -223,7 +250,11 @@ class Detector:
         """Score already-prepared images."""
         if not items:
             return []
-        out = self.run(np.stack([p.tensor for p in items]))
+        crops = None
+        if self.uses_crops:
+            k = self.spec.preprocess.native_crops
+            crops = np.stack([p.crops if p.crops is not None else np.repeat(p.tensor[None], k, 0) for p in items])
+        out = self.run(np.stack([p.tensor for p in items]), crops)
         return self._verdicts(items, out, include_map, thresholds or self.thresholds)
 
     def _verdicts(

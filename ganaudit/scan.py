@@ -40,7 +40,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError, ImageDecodeError
 from .files import WalkStats, display_path, iter_files
-from .imaging import decode, preprocess
+from .imaging import decode
 from .report import (
     ROW_FIELDS,
     CsvWriter,
@@ -221,7 +221,11 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
 
 
 class _Tally:
-    """Counts, one float per score for the histograms, the top-K flagged rows and the first errors."""
+    """Counts, one float per score for the histograms, the top-K flagged rows and the first errors.
+
+    The flagged rows are kept per head (the top-K anomaly-flagged rows by anomaly score, the top-K
+    generated-flagged rows by generated score), so that neither head's flags crowd out the other's.
+    """
 
     def __init__(self, top_k: int, max_errors: int = MAX_REPORTED_ERRORS) -> None:
         self.counts = dict.fromkeys(
@@ -231,7 +235,7 @@ class _Tally:
         self.generated = array("d")
         self.top_k = top_k
         self.max_errors = max_errors
-        self._heap: list[tuple[float, float, int, str, dict[str, Any]]] = []
+        self._heaps: dict[str, list[tuple[float, int, str, dict[str, Any]]]] = {ANOMALY: [], GENERATED: []}
         self.errors: list[dict[str, Any]] = []
         self._seq = 0
 
@@ -256,22 +260,29 @@ class _Tally:
         if row.get("flagged"):
             c["flagged"] += 1
             if self.top_k > 0:
-                # Rank by anomaly score, then generated score; ties keep the earlier file.
-                key = (
-                    a if a is not None else -math.inf,
-                    g if g is not None else -math.inf,
-                    -self._seq,
-                    real_path,
-                    row,
-                )
-                if len(self._heap) < self.top_k:
-                    heapq.heappush(self._heap, key)
-                else:
-                    heapq.heappushpop(self._heap, key)
+                for head, score in ((ANOMALY, a), (GENERATED, g)):
+                    if row.get(f"{head}_flag") and score is not None:
+                        key = (score, -self._seq, real_path, row)  # ties keep the earlier file
+                        heap = self._heaps[head]
+                        if len(heap) < self.top_k:
+                            heapq.heappush(heap, key)
+                        else:
+                            heapq.heappushpop(heap, key)
 
     def top(self) -> list[tuple[str, dict[str, Any]]]:
-        """The kept flagged rows, highest score first, as (real path, row)."""
-        return [(k[3], k[4]) for k in sorted(self._heap, reverse=True)]
+        """Up to top_k kept flagged rows as (real path, row): the highest anomaly score and the highest
+        generated score alternate (rank 1 of each head, then rank 2, ...), each file once."""
+        ranked = [sorted(self._heaps[h], reverse=True) for h in (ANOMALY, GENERATED)]
+        out: list[tuple[str, dict[str, Any]]] = []
+        seen: set[int] = set()
+        for rank in range(max(map(len, ranked))):
+            for keys in ranked:
+                if rank < len(keys) and len(out) < self.top_k:
+                    _, neg_seq, real_path, row = keys[rank]
+                    if neg_seq not in seen:
+                        seen.add(neg_seq)
+                        out.append((real_path, row))
+        return out
 
 
 # --------------------------------------------------------------------------- resume
@@ -423,7 +434,11 @@ def _visual_input(detector: Detector, path: str) -> tuple[np.ndarray | None, Pre
         image = decode(path, max_pixels=detector.max_pixels)
     except ImageDecodeError as e:
         return None, None, f"not shown: {e}"
-    prepared = Prepared(preprocess(image, detector.spec.preprocess), image.shape[1], image.shape[0])
+    try:
+        # Through Detector.prepare, so the model input is exactly what the scan scored (whatever it holds).
+        prepared = detector.prepare(image)
+    except ImageDecodeError as e:
+        return None, None, f"not shown: {e}"
     return make_thumbnail(image), prepared, None
 
 
@@ -513,7 +528,8 @@ def scan(
         Keep the rows of ``out/results.jsonl`` whose file still has the same size and mtime, and
         score only the other files (rows with ``status=error`` are retried).
     top_k
-        Flagged images shown with thumbnails in the HTML report (highest scores first).
+        Flagged images shown with thumbnails in the HTML report: the highest anomaly scores among
+        anomaly-flagged images and the highest generated scores among generated-flagged ones, alternating.
     model_path
         Recorded in the summary.
     on_progress

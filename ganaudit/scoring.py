@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .generated import GeneratedHead
 from .nets import Discriminator, Encoder, Generator
 
 ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual"]
+GENERATED_OUTPUT = "generated_logit"
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -26,20 +28,42 @@ class ScoringModel(nn.Module):
     Outputs, per image: ``anomaly_score`` = pixel residual + kappa * D-feature residual,
     ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels and smoothed,
     ``disc_logit`` (D's realness judgement) and the two residual components.
+
+    With a generated-image ``head`` the graph takes a second input ``crops`` [N, K, C, S, S] (the native-scale
+    crops of each image, see imaging.native_crops) and adds ``generated_logit`` [N], the head's logit
+    averaged over the K crops.
     """
 
-    def __init__(self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = 1.0) -> None:
+    def __init__(
+        self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = 1.0,
+        head: GeneratedHead | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.G, self.D, self.E = G.eval(), D.without_spectral_norm(), E.eval()
+        self.H = None if head is None else head.eval()
         self.kappa = float(kappa)
         self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
         self.requires_grad_(False)
 
     @property
-    def output_names(self) -> list[str]:
-        return list(ANOMALY_OUTPUTS)
+    def input_names(self) -> list[str]:
+        return ["image"] if self.H is None else ["image", "crops"]
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    @property
+    def output_names(self) -> list[str]:
+        return list(ANOMALY_OUTPUTS) + ([] if self.H is None else [GENERATED_OUTPUT])
+
+    def forward(self, image: torch.Tensor, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        outs = self.anomaly(image)
+        if self.H is None:
+            return outs
+        if crops is None:
+            raise ValueError("this scoring graph has a generated-image head: pass crops [N, K, C, S, S] too")
+        n, k = crops.shape[0], crops.shape[1]
+        logits = self.H(crops.flatten(0, 1)).view(n, k)
+        return (*outs, logits.mean(1))
+
+    def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rec = self.G(self.E(image))
         logit, f_x = self.D(image)
         _, f_rec = self.D(rec)

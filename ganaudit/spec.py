@@ -16,6 +16,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "ganaudit"
 VALID_SIZES = (16, 32, 64, 128)
 FIT_MODES = ("stretch", "center_crop")
+MAX_NATIVE_CROPS = 16
 
 
 def check_size(size: int) -> int:
@@ -43,6 +44,8 @@ class PreprocessSpec:
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         if self.fit not in FIT_MODES:
             raise ConfigError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if not 0 <= self.native_crops <= MAX_NATIVE_CROPS:
+            raise ConfigError(f"native_crops must be 0..{MAX_NATIVE_CROPS}, got {self.native_crops}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
@@ -67,6 +70,9 @@ class ModelSpec:
     preprocess: PreprocessSpec
     heads: list[str]
     outputs: list[str]
+    # Graph inputs, in order: "image" [N, C, S, S]; with the generated head also "crops" [N, K, C, S, S]
+    # (K = preprocess.native_crops, made by imaging.native_crops). Files without this key have ["image"].
+    inputs: list[str] = field(default_factory=lambda: ["image"])
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     # Sorted normal-validation score quantiles per score (101+ points, 0..100 %).
     quantiles: dict[str, list[float]] = field(default_factory=dict)
@@ -103,6 +109,7 @@ class ModelSpec:
                 preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                 heads=list(d["heads"]),
                 outputs=list(d["outputs"]),
+                inputs=list(d.get("inputs", ["image"])),
                 thresholds={k: Threshold(**v) for k, v in d.get("thresholds", {}).items()},
                 quantiles={k: [float(q) for q in v] for k, v in d.get("quantiles", {}).items()},
                 calibration=dict(d.get("calibration", {})),

@@ -1,10 +1,12 @@
-"""GAN training followed by izi_f encoder training (f-AnoGAN), with checkpoints and resume.
+"""GAN training, then izi_f encoder training (f-AnoGAN), then the generated-image head; checkpoints and resume.
 
 Run directory layout::
 
     RUN_DIR/config.json          TrainConfig
     RUN_DIR/run.json             data provenance (source, fingerprint, counts, versions)
     RUN_DIR/validation.npy       held-out normal images, preprocessed (used by export)
+    RUN_DIR/validation_native.npy  their native-scale crops, uint8 [N, K, S, S, C] (generated head only)
+    RUN_DIR/snapshots/G_*.pt     generator snapshots from the GAN phase (generated head only)
     RUN_DIR/metrics.jsonl        one JSON line per logged step
     RUN_DIR/samples/step_*.png   EMA-generator sample grids
     RUN_DIR/checkpoints/last.pt  state_dicts + optimiser + RNG state (weights_only loadable)
@@ -27,12 +29,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import __version__
 from .atomic import atomic_write
 from .datasets import Dataset, split_validation
 from .errors import ConfigError, ModelFormatError
 from .grid import encode_png, make_grid
+from .generated import (
+    SNAPSHOT_DIR, GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
+)  # fmt: skip
 from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
 from .nets import Discriminator, Encoder, Generator
 from .spec import PreprocessSpec, check_size
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoints/last.pt"
 MODE_COLLAPSE_RATIO = 0.5
+PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
 @dataclass
@@ -69,6 +76,14 @@ class TrainConfig:
     instance_noise: float = 0.0
     kappa: float = 1.0
     val_fraction: float = 0.1
+    # Generated-image head (trained after the encoder; see generated.py). Off by default in the Python API
+    # (existing configs keep their meaning); `ganaudit train` turns it on unless --no-generated-head.
+    generated_head: bool = False
+    head_steps: int | None = None  # None: a fifth of the GAN steps
+    head_lr: float = 1e-4
+    head_pool: int = 4096
+    head_spectral: bool = True
+    native_crops: int = 4
     sample_every: int = 500
     checkpoint_every: int = 500
     log_every: int = 25
@@ -77,24 +92,37 @@ class TrainConfig:
         check_size(self.size)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width"):
+        for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width", "head_pool"):
             if getattr(self, name) < (0 if name.endswith("steps") else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if self.head_steps is not None and self.head_steps < 0:
+            raise ConfigError(f"head-steps must be positive, got {self.head_steps}")
+        if self.generated_head and not 1 <= self.native_crops <= 16:
+            raise ConfigError(f"native-crops must be 1..16 with the generated head, got {self.native_crops}")
+
+    @property
+    def n_head_steps(self) -> int:
+        if not self.generated_head:
+            return 0
+        return self.head_steps if self.head_steps is not None else max(1, self.steps // 5)
 
     @property
     def total_steps(self) -> int:
-        return self.steps + self.encoder_steps
+        return self.steps + self.encoder_steps + self.n_head_steps
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(size=self.size, channels=self.channels, fit=self.fit)
+        crops = self.native_crops if self.generated_head else 0
+        return PreprocessSpec(size=self.size, channels=self.channels, fit=self.fit, native_crops=crops)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        d.setdefault("generated_head", False)  # runs written before the head existed have none
+        return cls(**d)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -115,6 +143,11 @@ class Networks:
     G_ema: Generator
     D: Discriminator
     E: Encoder
+    H: GeneratedHead | None = None  # the generated-image head, once trained
+
+
+def build_head(cfg: TrainConfig) -> GeneratedHead:
+    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral)
 
 
 def build_networks(cfg: TrainConfig) -> Networks:
@@ -156,6 +189,10 @@ def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str,
     for name in ("G", "G_ema", "D", "E"):
         getattr(nets, name).load_state_dict(ckpt[name])
         getattr(nets, name).eval()
+    if "H" in ckpt:
+        nets.H = build_head(cfg)
+        nets.H.load_state_dict(ckpt["H"])
+        nets.H.eval()
     return cfg, nets, ckpt
 
 
@@ -181,6 +218,14 @@ class Trainer:
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
         self.step = 0
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+        self.native = data.native  # uint8 [N, K, S, S, C] native-scale crops of the training images
+        if cfg.generated_head and self.native is None:
+            raise ConfigError(
+                "the generated-image head needs native-scale crops of the training images: load the data with "
+                "load_dataset(..., native_crops=K), or train with --no-generated-head"
+            )
+        self.opt_h: torch.optim.Optimizer | None = None
+        self.pool: np.ndarray | None = None
 
     # --- state -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -197,13 +242,23 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "config": asdict(self.cfg),
             "ganaudit_version": __version__,
+            **(self._head_state() if n.H is not None and self.opt_h is not None else {}),
         }
+
+    def _head_state(self) -> dict[str, Any]:
+        assert self.nets.H is not None and self.opt_h is not None
+        return {"H": self.nets.H.state_dict(), "opt_h": self.opt_h.state_dict()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         for name in ("G", "G_ema", "D", "E"):
             getattr(self.nets, name).load_state_dict(ckpt[name])
         for name in ("opt_g", "opt_d", "opt_e"):
             getattr(self, name).load_state_dict(ckpt[name])
+        if "H" in ckpt:
+            self.nets.H = build_head(self.cfg).to(self.device)
+            self.nets.H.load_state_dict(ckpt["H"])
+            self.opt_h = self._head_optimizer(self.nets.H)
+            self.opt_h.load_state_dict(ckpt["opt_h"])
         torch.set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
 
@@ -274,6 +329,46 @@ class Trainer:
         self.opt_e.step()
         return loss.item()
 
+    # --- generated-image head ----------------------------------------------------
+    def _head_optimizer(self, head: GeneratedHead) -> torch.optim.Optimizer:
+        return torch.optim.Adam(head.parameters(), self.cfg.head_lr, betas=(0.5, 0.999))
+
+    def save_snapshot(self) -> None:
+        """Keep the generator of this moment: the head later trains on samples of every snapshot."""
+        buf = io.BytesIO()
+        torch.save(self.nets.G.state_dict(), buf)
+        atomic_write(self.run_dir / SNAPSHOT_DIR / f"G_{self.step:06d}.pt", buf.getvalue())
+
+    def _head_ready(self) -> GeneratedHead:
+        """Build the head from the trained D (first head step) and the fake pool (first step after any start)."""
+        if self.nets.H is None:
+            self.nets.H = GeneratedHead.from_discriminator(self.nets.D, self.cfg.head_spectral).to(self.device)
+            self.opt_h = self._head_optimizer(self.nets.H)
+        if self.pool is None:
+            src = PoolSources(
+                [g.to(self.device) for g in load_snapshots(self.run_dir, self.nets.G)],
+                self.nets.G_ema, self.nets.E, self.x.cpu().numpy(),
+            )  # fmt: skip
+            self.pool = fake_pool(src, self.cfg.head_pool, self.cfg.seed + 2, self.device)
+        self.nets.H.train()
+        return self.nets.H
+
+    def h_step(self) -> float:
+        """One head step: a batch of real and of generated images, augmented alike, one random native crop each."""
+        head, cfg, native = self._head_ready(), self.cfg, self.native
+        assert native is not None and self.pool is not None and self.opt_h is not None
+        rng = np.random.default_rng([cfg.seed, 7, self.step])  # per-step stream: resume gives the same batches
+        n = cfg.batch_size
+        reals = [native[i, k] for i, k in zip(rng.integers(len(native), size=n), rng.integers(native.shape[1], size=n))]
+        fakes = [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
+        x = torch.from_numpy(training_crops(reals + fakes, cfg.preprocess, rng)).to(self.device)
+        y = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
+        loss = F.binary_cross_entropy_with_logits(head(x), y)
+        self.opt_h.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_h.step()
+        return loss.item()
+
     # --- logging -----------------------------------------------------------------
     def write_samples(self) -> dict[str, float]:
         G, D = self.nets.G_ema, self.nets.D
@@ -302,7 +397,15 @@ class Trainer:
             d_loss = sum(self.d_step() for _ in range(cfg.n_critic)) / cfg.n_critic
             return {"d_loss": d_loss, "g_loss": self.g_step()}
         nets.D.eval().requires_grad_(False)  # frozen: mbstd uses its running statistic
-        return {"e_loss": self.e_step()}
+        if self.step < cfg.steps + cfg.encoder_steps:
+            return {"e_loss": self.e_step()}
+        nets.E.eval()
+        return {"h_loss": self.h_step()}
+
+    def phase(self, step: int) -> str:
+        """The phase a (1-based, completed) step belongs to."""
+        cfg = self.cfg
+        return "gan" if step <= cfg.steps else "encoder" if step <= cfg.steps + cfg.encoder_steps else "head"
 
     def run(self, progress: bool = True, stop_at: int | None = None) -> None:
         """Train to ``total_steps``. Ctrl-C finishes the current step, saves a checkpoint, then raises.
@@ -319,9 +422,11 @@ class Trainer:
         with deferred_sigint() as interrupted, metrics_path.open("a") as metrics:
             end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
             while self.step < end and not interrupted():
-                bar.set_description("GAN" if self.step < cfg.steps else "encoder")
+                bar.set_description(PHASE_NAMES[self.phase(self.step + 1)])
                 losses = self._one_step()
                 self.step += 1
+                if cfg.generated_head and self.step <= cfg.steps and self.step % snapshot_every(cfg.steps) == 0:
+                    self.save_snapshot()
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 record: dict[str, Any] = {}
@@ -329,8 +434,8 @@ class Trainer:
                     record.update(self.write_samples())
                 if record or self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     rate = (self.step - s0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
-                    phase = "gan" if self.step <= cfg.steps else "encoder"
-                    record = {"step": self.step, "phase": phase, **losses, **record, "img_per_s": round(rate, 1)}
+                    record = {"step": self.step, "phase": self.phase(self.step), **losses, **record,
+                              "img_per_s": round(rate, 1)}  # fmt: skip
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if self.step % cfg.checkpoint_every == 0:
@@ -375,6 +480,11 @@ def prepare_run(
     """Create a fresh run directory: split off validation, write config and provenance. Returns the train part."""
     if (run_dir / CHECKPOINT).exists():
         raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or pick another --out")
+    if cfg.generated_head and data.native is None:
+        raise ConfigError(
+            "the generated-image head needs native-scale crops of the training images: load the data with "
+            "load_dataset(..., native_crops=K), or train with --no-generated-head"
+        )
     train_idx, val_idx = split_validation(len(data), cfg.val_fraction, cfg.seed)
     if len(train_idx) == 0:
         raise ConfigError(f"only {len(data)} image(s): too few to train on")
@@ -383,6 +493,10 @@ def prepare_run(
     buf = io.BytesIO()
     np.save(buf, val.images)
     atomic_write(run_dir / "validation.npy", buf.getvalue())
+    if cfg.generated_head:
+        buf = io.BytesIO()
+        np.save(buf, val.native)
+        atomic_write(run_dir / "validation_native.npy", buf.getvalue())
     run_info = {
         "data": {**data.source, **data_options},
         "fingerprint": data.fingerprint(),

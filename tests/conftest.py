@@ -13,6 +13,7 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 TINY_TRAIN_ARGS = [
     "--size", "16", "--width", "8", "--z-dim", "16", "--steps", "150", "--encoder-steps", "100",
     "--batch-size", "32", "--sample-every", "100", "--checkpoint-every", "100", "--seed", "0", "--no-progress",
+    "--no-generated-head",  # the anomaly-only model; tests/test_generated.py trains one with the head
 ]  # fmt: skip
 
 

@@ -74,6 +74,13 @@ def test_histogram_marks_the_threshold_and_the_bars_above_it():
     assert "No scores" in svg_histogram(np.empty(0), 1.0, xlabel="s")
     assert 'class="thr"' not in svg_histogram(np.ones(3), float("inf"), xlabel="s")  # no threshold: no line
     assert "<svg" in svg_histogram(np.ones(3), None, xlabel="s")  # all equal values still plot
+    # A bin straddling the threshold: its 90 values below stay plain, its 10 above are drawn red on top.
+    mixed = svg_histogram(np.r_[np.full(90, 0.0001), np.full(10, 0.002), [1.0]], 0.001, xlabel="p", bins=4, bounds=(0, 1))
+    bars = re.findall(r'<rect class="(bar(?: hot)?)" x="([\d.]+)" y="([\d.]+)" width="[\d.]+" height="([\d.]+)">', mixed)
+    first = [b for b in bars if b[1] == bars[0][1]]
+    assert [b[0] for b in first] == ["bar", "bar hot"]
+    assert float(first[0][3]) == pytest.approx(9 * float(first[1][3]), rel=0.02)  # 90 vs 10
+    assert "(10 above the threshold)" in mixed
 
 
 @pytest.mark.parametrize("fit", ["stretch", "center_crop"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -19,8 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ._models import head_model, no_head_model  # noqa: F401 - fixtures
 from .conftest import run_cli
 from ganaudit.report import COLUMNS, ROW_FIELDS
+from ganaudit.runtime import Detector
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -137,6 +140,22 @@ def rel(row: dict, root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
+def det(tiny_model) -> Detector:
+    return Detector.load(tiny_model)
+
+
+def check_generated_fields(row: dict, det: Detector) -> None:
+    """The generated columns: a probability and a flag with a generated head, null without one."""
+    if det.has_generated_head:
+        assert 0.0 <= row["generated_score"] <= 1.0
+        assert row["generated_flag"] == (row["generated_score"] > det.thresholds.generated)
+        assert row["flagged"] == (row["anomaly_flag"] or row["generated_flag"])
+    else:
+        assert row["generated_score"] is None and row["generated_flag"] is None
+        assert row["flagged"] == row["anomaly_flag"]
+
+
+@pytest.fixture(scope="module")
 def first_scan(tree, tiny_model, tmp_path_factory, unreadable_for_root):
     out = tmp_path_factory.mktemp("scan-out") / "report"
     res = run_cli("scan", tree, "--model", tiny_model, "--out", out, "--batch-size", "8", "--workers", "2")
@@ -146,7 +165,7 @@ def first_scan(tree, tiny_model, tmp_path_factory, unreadable_for_root):
 # --------------------------------------------------------------------------- rows and statuses
 
 
-def test_one_row_per_candidate_with_status_and_reason(first_scan, tree):
+def test_one_row_per_candidate_with_status_and_reason(first_scan, tree, det):
     res, out = first_scan
     assert res.exit_code == 0, res.output
     rows = read_jsonl(out / "results.jsonl")
@@ -162,7 +181,8 @@ def test_one_row_per_candidate_with_status_and_reason(first_scan, tree):
         assert row["status"] == "ok", (name, row["error"])
         assert row["error"] is None and row["width"] > 0 and row["height"] > 0
         assert isinstance(row["anomaly_score"], float) and 0 <= row["anomaly_percentile"] <= 100
-        assert row["generated_score"] is None and row["generated_flag"] is None  # the tiny model has no generated head
+        assert row["anomaly_flag"] == (row["anomaly_score"] > det.thresholds.anomaly)
+        check_generated_fields(row, det)
     assert by_name["odd/anim.gif"]["width"] == 28 and by_name["odd/16bit.png"]["width"] == 32
     digits = [r for r in rows if rel(r, tree).startswith("digits/")]
     assert len(digits) == N_DIGITS and all(r["status"] == "ok" for r in digits)
@@ -181,7 +201,12 @@ def test_rows_follow_the_walk_order_and_csv_matches_jsonl(first_scan, tree):
         assert t["status"] == r["status"] and t["sha256"] == (r["sha256"] or "")
         if r["status"] == "ok":
             assert float(t["anomaly_score"]) == r["anomaly_score"]
-            assert t["flagged"] == ("true" if r["flagged"] else "false") and t["generated_score"] == ""
+            assert t["flagged"] == ("true" if r["flagged"] else "false")
+            if r["generated_score"] is None:
+                assert t["generated_score"] == "" and t["generated_flag"] == ""
+            else:
+                assert float(t["generated_score"]) == r["generated_score"]
+                assert t["generated_flag"] == ("true" if r["generated_flag"] else "false")
 
 
 def test_sha256_and_size_are_of_the_file_bytes(first_scan, tree):
@@ -210,7 +235,14 @@ def test_summary_json(first_scan, tree, tiny_model):
     assert c["flagged"] == sum(r["flagged"] for r in rows)
     assert s["model"]["name"] == "tiny-zeros" and s["model"]["spec_hash"] == det.spec_hash
     assert s["thresholds"]["anomaly"] == pytest.approx(det.thresholds.anomaly)
-    assert s["thresholds"]["generated"] is None and "model default" in s["thresholds"]["how"]["anomaly"]
+    assert "model default" in s["thresholds"]["how"]["anomaly"]
+    if det.has_generated_head:
+        assert s["thresholds"]["generated"] == pytest.approx(det.thresholds.generated)
+        assert "model default" in s["thresholds"]["how"]["generated"]
+        assert c["generated_flagged"] == sum(bool(r["generated_flag"]) for r in rows)
+    else:
+        assert s["thresholds"]["generated"] is None and c["generated_flagged"] == 0
+    assert c["anomaly_flagged"] == sum(bool(r["anomaly_flag"]) for r in rows)
     assert s["complete"] is True and s["seconds"] > 0 and s["images_per_second"] > 0
     assert s["files"] == {"csv": "results.csv", "jsonl": "results.jsonl", "html": "report.html", "summary": "summary.json"}
 
@@ -221,7 +253,7 @@ def test_stdout_names_the_report_folder_and_stderr_has_progress(first_scan):
     assert "img/s" in res.stderr or "img [" in res.stderr
 
 
-def test_report_html_is_self_contained_and_escaped(first_scan, tree):
+def test_report_html_is_self_contained_and_escaped(first_scan, tree, det):
     import html
 
     _, out = first_scan
@@ -234,7 +266,10 @@ def test_report_html_is_self_contained_and_escaped(first_scan, tree):
         assert html.escape(r["path"]) in page
     assert page.count('src="data:image/png;base64,') == 2 * len(flagged)  # thumbnail + heat map each
     assert "<svg" in page and 'class="thr"' in page  # histogram with its threshold line
-    assert "n/a" in page  # generated columns of a model without that head
+    if det.has_generated_head:  # two histograms, each with its threshold line
+        assert "generated probability" in page and page.count('class="thr"') == 2
+    else:
+        assert "no generated-image head" in page and "n/a" in page
     assert HOSTILE not in page and html.escape(HOSTILE) in page
     assert "bad\\xffname.png" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched from outside
@@ -246,12 +281,13 @@ def test_report_html_is_self_contained_and_escaped(first_scan, tree):
 # --------------------------------------------------------------------------- exit codes
 
 
-def test_exit_1_with_fail_on_flag(tree, tiny_model, tmp_path, unreadable_for_root):
+def test_exit_1_with_fail_on_flag(tree, tiny_model, det, tmp_path, unreadable_for_root):
     res = run_cli("scan", tree, "-m", tiny_model, "-o", tmp_path / "a", "--fail-on-flag", "--no-progress")
     assert res.exit_code == 1
-    # Nothing above an enormous threshold: exit 0 even with --fail-on-flag.
+    # Nothing above enormous thresholds (a probability is never above 1): exit 0 even with --fail-on-flag.
+    high = ["--anomaly-threshold", "1e9"] + (["--generated-threshold", "1"] if det.has_generated_head else [])
     res = run_cli(
-        "scan", tree / "digits", "-m", tiny_model, "-o", tmp_path / "b", "--fail-on-flag", "--anomaly-threshold", "1e9",
+        "scan", tree / "digits", "-m", tiny_model, "-o", tmp_path / "b", "--fail-on-flag", *high,
         "--no-progress", "--format", "jsonl",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -276,14 +312,15 @@ def test_exit_3_with_strict_and_unreadable_files(tree, tiny_model, tmp_path, unr
         (["--fpr", "2"], "fpr must be between 0 and 1"),
         (["--format", "csv,pdf"], "unknown --format pdf"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
-        (["--generated-threshold", "0.5"], "no generated-image head"),
+        (["--model", "NO_HEAD", "--generated-threshold", "0.5"], "no generated-image head"),
         (["--resume", "--format", "csv"], "--resume reads results.jsonl"),
         (["EXTRA_MISSING_PATH"], "path not found"),
     ],
 )
-def test_exit_2_usage_and_model_errors(args, phrase, tree, tiny_model, tmp_path):
+def test_exit_2_usage_and_model_errors(args, phrase, tree, tiny_model, no_head_model, tmp_path):
     (tmp_path / "NOT_ONNX").write_text("definitely not a model")
     fixed = [str(tmp_path / a) if a in ("MISSING.onnx", "NOT_ONNX", "EXTRA_MISSING_PATH") else a for a in args]
+    fixed = [str(no_head_model) if a == "NO_HEAD" else a for a in fixed]
     model = [] if "--model" in args else ["--model", str(tiny_model)]
     res = run_cli("scan", tree / "odd", *model, "-o", tmp_path / "out", "--no-progress", *fixed)
     assert res.exit_code == 2, res.output
@@ -297,6 +334,71 @@ def test_exit_2_without_model_when_none_is_shipped(tree, tmp_path, monkeypatch):
     monkeypatch.setattr(ganaudit.models, "MODELS_DIR", tmp_path / "no-models")
     res = run_cli("scan", tree / "odd", "-o", tmp_path / "out")
     assert res.exit_code == 2 and "--model" in res.stderr
+
+
+def test_model_without_a_generated_head_leaves_its_columns_empty(tree, no_head_model, tmp_path):
+    res = run_cli("scan", tree / "odd", "-m", no_head_model, "-o", tmp_path / "o", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["model"]["heads"] == ["anomaly"] and summary["thresholds"]["generated"] is None
+    assert summary["thresholds"]["how"]["generated"] == "n/a" and summary["counts"]["generated_flagged"] == 0
+    rows = read_jsonl(tmp_path / "o/results.jsonl")
+    assert len(rows) == len(GOOD) + 1 and all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert r["generated_score"] is None and r["generated_flag"] is None and r["flagged"] == r["anomaly_flag"]
+    for t in read_csv(tmp_path / "o/results.csv"):
+        assert t["generated_score"] == "" and t["generated_flag"] == ""
+    page = (tmp_path / "o/report.html").read_text(encoding="utf-8")
+    assert "this model has no generated-image head" in page and page.count('class="thr"') == 1
+
+
+def test_model_with_a_generated_head_fills_its_columns_and_report(tree, head_model, tmp_path):
+    det = Detector.load(head_model)
+    out = tmp_path / "o"
+    res = run_cli("scan", tree / "digits", tree / "odd", "-m", head_model, "-o", out, "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["model"]["heads"] == ["anomaly", "generated"]
+    assert summary["thresholds"]["generated"] == pytest.approx(det.thresholds.generated)
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == N_DIGITS + len(GOOD) + 1
+    readable = [r for r in rows if "\\x" not in r["path"]]  # the non-UTF-8 name is shown escaped
+    for r in rows:
+        assert r["status"] == "ok"
+        check_generated_fields(r, det)
+    for r, ref in zip(readable, det.detect([r["path"] for r in readable])):
+        assert r["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
+    assert summary["counts"]["generated_flagged"] == sum(r["generated_flag"] for r in rows)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "generated probability" in page and page.count('class="thr"') == 2
+    assert page.count('src="data:image/png;base64,') == 2 * sum(r["flagged"] for r in rows)
+    # Thresholds per head: nothing flagged above 1e9 / a probability of 1; everything generated-flagged at 0.
+    res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "hi", "--anomaly-threshold", "1e9",
+                  "--generated-threshold", "1", "--fail-on-flag", "--no-progress", "--format", "jsonl")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "lo", "--anomaly-threshold", "1e9",
+                  "--generated-threshold", "0", "--fail-on-flag", "--no-progress", "--format", "jsonl", "--json")  # fmt: skip
+    assert res.exit_code == 1
+    lo = read_jsonl(tmp_path / "lo/results.jsonl")
+    assert all(r["generated_flag"] == (r["generated_score"] > 0) and r["flagged"] == r["generated_flag"] for r in lo)
+    assert json.loads(res.stdout)["thresholds"]["how"]["generated"] == "set with --generated-threshold"
+
+
+@posix_only
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("setpriv"), reason="needs root and setpriv to drop DAC capabilities")
+def test_unreadable_file_for_real_in_a_process_without_dac_override(tree, tiny_model, tmp_path):
+    """No monkeypatching: a `ganaudit scan` process without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH gets EACCES
+    from the mode-000 file, reports it as a row, goes on, and --strict makes that exit 3."""
+    drop = "-dac_override,-dac_read_search"
+    cmd = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-m", "ganaudit.cli", "scan",
+           str(tree / "bad"), str(tree / "odd"), "-m", str(tiny_model), "-o", str(tmp_path / "o"), "--no-progress",
+           "--strict"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    rows = {rel(r, tree): r for r in read_jsonl(tmp_path / "o/results.jsonl")}
+    assert rows["bad/unreadable.png"]["status"] == "error"
+    assert rows["bad/unreadable.png"]["error"] == "permission denied (check the file's read permission)"
+    assert len(rows) == len(BAD) + len(GOOD) + 1 and "Traceback" not in proc.stderr
 
 
 def test_json_output_is_the_summary(tree, tiny_model, tmp_path):
@@ -468,3 +570,20 @@ def test_scan_runs_with_torch_unimportable(tree, tiny_model, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "OK" and (tmp_path / "o/report.html").exists()
+
+
+def test_report_keeps_the_top_flags_of_each_head():
+    """With top_k smaller than the flagged count, generated-only flags are not crowded out by anomaly flags."""
+    from ganaudit.scan import _Tally
+
+    tally = _Tally(top_k=4)
+    for i in range(10):  # anomaly-flagged, rising anomaly score
+        tally.add({"status": "ok", "anomaly_score": 1.0 + i, "anomaly_flag": True, "generated_score": 0.1,
+                   "generated_flag": False, "flagged": True}, f"a{i}", resumed=False)  # fmt: skip
+    for i in range(10):  # generated-flagged only, low anomaly score
+        tally.add({"status": "ok", "anomaly_score": 0.1, "anomaly_flag": False, "generated_score": 0.5 + i / 100,
+                   "generated_flag": True, "flagged": True}, f"g{i}", resumed=False)  # fmt: skip
+    tally.add({"status": "ok", "anomaly_score": 50.0, "anomaly_flag": True, "generated_score": 0.99,
+               "generated_flag": True, "flagged": True}, "both", resumed=False)  # fmt: skip
+    assert [path for path, _ in tally.top()] == ["both", "a9", "g9", "a8"]
+    assert tally.counts["flagged"] == 21 and tally.counts["anomaly_flagged"] == 11 and tally.counts["generated_flagged"] == 11

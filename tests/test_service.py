@@ -38,6 +38,7 @@ from ganaudit.runtime import Detector  # noqa: E402
 from ganaudit.service.app import ServiceSettings, create_app  # noqa: E402
 from ganaudit.service.batcher import BatcherClosed, MicroBatcher  # noqa: E402
 
+from ._models import head_model, no_head_model  # noqa: E402,F401 - fixtures
 from .conftest import run_cli  # noqa: E402
 
 
@@ -155,7 +156,10 @@ def test_detect_multipart_scores_real_digits_like_the_library(detector, digits):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == {"name": "tiny-zeros", "spec_hash": detector.spec_hash}
-    assert body["thresholds"] == {"anomaly": pytest.approx(detector.thresholds.anomaly), "generated": None}
+    generated = detector.thresholds.generated
+    assert body["thresholds"] == {
+        "anomaly": pytest.approx(detector.thresholds.anomaly), "generated": None if generated is None else pytest.approx(generated)
+    }  # fmt: skip
     results = body["results"]
     assert [res["filename"] for res in results] == names
     expected = detector.detect([bytearray(b) for b in blobs])
@@ -164,11 +168,15 @@ def test_detect_multipart_scores_real_digits_like_the_library(detector, digits):
         assert (res["width"], res["height"]) == (28, 28)
         assert res["anomaly_score"] == pytest.approx(ref.anomaly_score, rel=1e-5)
         assert res["anomaly_flag"] == (res["anomaly_score"] > detector.thresholds.anomaly)
-        assert res["flagged"] == res["anomaly_flag"]
         assert 0 <= res["anomaly_percentile"] <= 100
         assert set(res["components"]) == {"disc_logit", "pixel_residual", "feature_residual"}
-        # No generated-image head in this model: its fields are present and null.
-        assert res["generated_score"] is None and res["generated_flag"] is None
+        if detector.has_generated_head:
+            assert res["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
+            assert res["generated_flag"] == (res["generated_score"] > generated)
+            assert res["flagged"] == (res["anomaly_flag"] or res["generated_flag"])
+        else:  # the fields are present and null
+            assert res["generated_score"] is None and res["generated_flag"] is None
+            assert res["flagged"] == res["anomaly_flag"]
         assert res["anomaly_map"] is None
     # The model was trained on zeros: other digits score higher on average.
     zero_mean = np.mean([res["anomaly_score"] for res in results[:3]])
@@ -249,11 +257,13 @@ def test_threshold_query_parameters_override_the_model(detector, digits):
     blobs = digits["all"][:6]
     with served(detector) as client:
         low = client.post("/v1/detect", params={"anomaly_threshold": -1}, files=multipart(blobs)).json()
-        high = client.post("/v1/detect", params={"anomaly_threshold": 1e9}, files=multipart(blobs)).json()
+        gen = {"generated_threshold": 1.0} if detector.has_generated_head else {}  # a probability is never above 1
+        high = client.post("/v1/detect", params={"anomaly_threshold": 1e9, **gen}, files=multipart(blobs)).json()
         bad = client.post("/v1/detect", params={"anomaly_threshold": "abc"}, files=multipart(blobs))
         nan = client.post("/v1/detect", params={"anomaly_threshold": "nan"}, files=multipart(blobs))
     assert low["thresholds"]["anomaly"] == -1 and all(res["anomaly_flag"] for res in low["results"])
     assert high["thresholds"]["anomaly"] == 1e9 and not any(res["flagged"] for res in high["results"])
+    assert high["thresholds"]["generated"] == (1.0 if detector.has_generated_head else None)
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "anomaly_threshold" in bad.json()["detail"]
     assert nan.status_code == 422
 
@@ -514,7 +524,8 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
         meta = client.get("/v2/models/tiny-zeros").json()
         assert meta["name"] == "tiny-zeros" and meta["platform"] == "onnxruntime_onnx"
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-        assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag"]  # no generated head here
+        heads = ["anomaly_score", "anomaly_flag"] + (["generated_score", "generated_flag"] if detector.has_generated_head else [])
+        assert [o["name"] for o in meta["outputs"]] == heads
         assert client.get("/v2/models/tiny-zeros/ready").json() == {"name": "tiny-zeros", "ready": True}
         request = {"id": "req-42", "inputs": [{"name": "image", "shape": [4], "datatype": "BYTES", "data": b64}]}
         r = client.post("/v2/models/tiny-zeros/infer", json=request)
@@ -531,11 +542,15 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
     body = r.json()
     assert body["id"] == "req-42" and body["model_name"] == "tiny-zeros"
     outs = {o["name"]: o for o in body["outputs"]}
-    assert set(outs) == {"anomaly_score", "anomaly_flag"}
+    assert list(outs) == heads
     assert outs["anomaly_score"]["datatype"] == "FP32" and outs["anomaly_score"]["shape"] == [4]
     assert outs["anomaly_flag"]["datatype"] == "BOOL"
     assert outs["anomaly_score"]["data"] == pytest.approx([res["anomaly_score"] for res in v1], rel=1e-6)
     assert outs["anomaly_flag"]["data"] == [res["anomaly_flag"] for res in v1]
+    if detector.has_generated_head:
+        assert outs["generated_score"]["datatype"] == "FP32" and outs["generated_flag"]["datatype"] == "BOOL"
+        assert outs["generated_score"]["data"] == pytest.approx([res["generated_score"] for res in v1], rel=1e-6)
+        assert outs["generated_flag"]["data"] == [res["generated_flag"] for res in v1]
     assert nested.status_code == 200
     assert [o["name"] for o in nested.json()["outputs"]] == ["anomaly_flag"]
     assert nested.json()["outputs"][0]["data"] == [True] * 4 and "id" not in nested.json()
@@ -594,6 +609,63 @@ def test_generated_head_outputs_appear_when_the_model_has_one(detector, digits):
     assert metric(text, "ganaudit_images_scored_total", anomaly_flag="false", generated_flag="true") == 2
 
 
+def test_model_without_a_generated_head_has_null_generated_fields(no_head_model, digits):
+    det = Detector.load(no_head_model)
+    name = det.name
+    b64 = base64.b64encode(digits["others"][0]).decode()
+    with served(det) as client:
+        meta = client.get(f"/v2/models/{name}").json()
+        v1 = client.post("/v1/detect", files=multipart(digits["all"][:3])).json()
+        oip = client.post(f"/v2/models/{name}/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]})
+        wrong = client.post(f"/v2/models/{name}/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}], "outputs": [{"name": "generated_score"}]})  # fmt: skip
+        gen_v1 = client.post("/v1/detect", params={"generated_threshold": 0.5}, files=multipart(digits["all"][:1]))
+        gen_oip = client.post(f"/v2/models/{name}/infer", json={"parameters": {"generated_threshold": 0.5}, "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]})  # fmt: skip
+        text = scrape(client)
+    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag"]
+    assert v1["thresholds"]["generated"] is None
+    for res in v1["results"]:
+        assert res["status"] == "ok" and res["generated_score"] is None and res["generated_flag"] is None
+        assert res["flagged"] == res["anomaly_flag"]
+    assert [o["name"] for o in oip.json()["outputs"]] == ["anomaly_score", "anomaly_flag"]
+    assert wrong.status_code == 400 and "generated_score" in wrong.json()["detail"]
+    # A generated threshold would silently flag nothing here: refused, with the reason.
+    assert gen_v1.status_code == 422 and "no generated-image head" in gen_v1.json()["detail"]
+    assert gen_oip.status_code == 400 and "no generated-image head" in gen_oip.json()["detail"]
+    total = sum(metric(text, "ganaudit_images_scored_total", anomaly_flag=a, generated_flag="none") for a in ("true", "false"))
+    assert total == 4
+
+
+def test_model_with_a_generated_head_serves_its_scores_flags_and_threshold(head_model, digits):
+    det = Detector.load(head_model)
+    noise = png((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8))
+    blobs = digits["zeros"][:2] + digits["others"][:2] + [noise]
+    b64 = [base64.b64encode(b).decode() for b in blobs]
+    with served(det) as client:
+        meta = client.get("/v2/models/tiny-head").json()
+        v1 = client.post("/v1/detect", files=multipart(blobs)).json()
+        low = client.post("/v1/detect", params={"generated_threshold": 0.0}, files=multipart(blobs)).json()
+        oip = client.post("/v2/models/tiny-head/infer", json={"id": "g", "inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": b64}]})  # fmt: skip
+        text = scrape(client)
+    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag", "generated_score", "generated_flag"]
+    assert v1["thresholds"]["generated"] == pytest.approx(det.thresholds.generated)
+    expected = det.detect([bytearray(b) for b in blobs])
+    for res, ref in zip(v1["results"], expected):
+        assert res["status"] == "ok"
+        assert res["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
+        assert 0.0 <= res["generated_score"] <= 1.0
+        assert res["generated_flag"] == (res["generated_score"] > det.thresholds.generated) == ref.generated_flag
+        assert res["flagged"] == (res["anomaly_flag"] or res["generated_flag"])
+    assert low["thresholds"]["generated"] == 0.0
+    assert [r["generated_flag"] for r in low["results"]] == [r["generated_score"] > 0 for r in low["results"]]
+    outs = {o["name"]: o for o in oip.json()["outputs"]}
+    assert outs["generated_score"]["datatype"] == "FP32" and outs["generated_flag"]["datatype"] == "BOOL"
+    assert outs["generated_score"]["data"] == pytest.approx([r["generated_score"] for r in v1["results"]], rel=1e-6)
+    assert outs["generated_flag"]["data"] == [r["generated_flag"] for r in v1["results"]]
+    counted = sum(metric(text, "ganaudit_images_scored_total", anomaly_flag=a, generated_flag=g)
+                  for a in ("true", "false") for g in ("true", "false"))  # fmt: skip
+    assert counted == 3 * len(blobs) and "generated_flag=\"none\"" not in text
+
+
 # --------------------------------------------------------------------------- metrics and OpenAPI
 
 
@@ -614,8 +686,9 @@ def test_metrics_after_traffic(detector, digits):
         assert metric(text, "ganaudit_inference_latency_seconds_bucket", phase=phase, le="+Inf") >= 2
     assert metric(text, "ganaudit_batch_size_count") >= 2
     assert metric(text, "ganaudit_batch_size_sum") >= 5  # the images of the two scoring requests (+ none for warm-up)
-    flagged = metric(text, "ganaudit_images_scored_total", anomaly_flag="true", generated_flag="none")
-    clean = metric(text, "ganaudit_images_scored_total", anomaly_flag="false", generated_flag="none")
+    labels = ("true", "false") if detector.has_generated_head else ("none",)
+    flagged = sum(metric(text, "ganaudit_images_scored_total", anomaly_flag="true", generated_flag=g) for g in labels)
+    clean = sum(metric(text, "ganaudit_images_scored_total", anomaly_flag="false", generated_flag=g) for g in labels)
     assert flagged + clean == 5 and flagged >= 2  # the two with threshold -1 are flagged
     assert metric(text, "ganaudit_image_errors_total") == 1
     assert metric(text, "ganaudit_ready") == 1

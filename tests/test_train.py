@@ -120,6 +120,29 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     assert all(json.loads(line)["step"] <= step + 25 for line in lines)
 
 
+def test_sigkill_mid_training_resumes_to_a_complete_uncorrupted_run(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "sklearn:digits?label=1", "--out", str(out), "--size", "16", "--width", "8", "--z-dim", "8",
+            "--batch-size", "16", "--steps", "400", "--encoder-steps", "20", "--checkpoint-every", "10",
+            "--sample-every", "50", "--no-progress", "--no-generated-head"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "ganaudit.cli", *args], stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: only atomic writes keep the files whole
+    proc.wait(timeout=30)
+    killed_at = load_checkpoint(out)["step"]
+    assert 10 <= killed_at < 420, "the run was not killed mid-training"
+
+    res = run_cli(*args, "--resume")
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(out)["step"] == 420
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 420  # no duplicated or half-written lines
+    assert run_cli("export", out, "-o", tmp_path / "m.onnx").exit_code == 0
+
+
 # --- data sources -------------------------------------------------------------------------------
 def test_idx_source_with_label_filter_and_index_range(mnist_path):
     ds = load_dataset(str(mnist_path), size=16, label=0, index_range="0:1000")

@@ -256,7 +256,14 @@ class Service:
         self.metrics.count_verdicts(out)
         return out
 
-    def thresholds(self, anomaly: float | None, generated: float | None) -> Thresholds:
+    def thresholds(self, anomaly: float | None, generated: float | None, status: int = 422) -> Thresholds:
+        """The thresholds in force for one request; ``status`` answers a generated threshold for a model
+        without a generated-image head (it would silently flag nothing)."""
+        if generated is not None and not self.detector.has_generated_head:
+            raise ServiceError(
+                status, "invalid_request",
+                f"generated_threshold: model {self.name!r} has no generated-image head; leave the parameter out",
+            )  # fmt: skip
         return self.detector.resolve_thresholds(
             anomaly_threshold=anomaly, generated_threshold=generated, base=self.detector.thresholds
         )
@@ -524,7 +531,8 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
                 400, "invalid_request", f"unknown output(s) {unknown}; this model has {list(available)}"
             )
         thresholds = service.thresholds(
-            _number_param(payload.parameters, "anomaly_threshold"), _number_param(payload.parameters, "generated_threshold")
+            _number_param(payload.parameters, "anomaly_threshold"), _number_param(payload.parameters, "generated_threshold"),
+            status=400,
         )
         blobs = []
         for i, item in enumerate(data):

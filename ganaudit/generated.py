@@ -1,0 +1,245 @@
+"""The generated-image head: a real-vs-generated classifier initialised from the trained discriminator.
+
+Training layer (torch). The head sees images at native scale through the ONE crop policy of
+:func:`ganaudit.imaging.native_crops`, so training and the runtime cut crops the same way.
+
+* :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
+  D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
+  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls).
+* The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
+  G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.5-2x)
+  so that format or quality cannot give the answer.
+* :func:`held_out_logits` scores real validation images and fresh fakes that the head never trained on;
+  export fits the calibration and the threshold on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .imaging import native_regions, regions_to_input
+from .nets import Discriminator, Encoder, Generator
+from .spec import PreprocessSpec
+
+SNAPSHOT_DIR = "snapshots"
+N_SNAPSHOTS = 6
+JPEG_QUALITY = (30, 100)
+BLUR_SIGMA = (0.0, 2.0)
+RESIZE_SCALE = (0.5, 2.0)
+AUGMENT_PROB = 0.5
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _dft_mats(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.arange(size, dtype=torch.float64)
+    ang = 2 * math.pi * torch.outer(k, k) / size
+    return torch.cos(ang), torch.sin(ang)
+
+
+def _radial_bins(size: int) -> torch.Tensor:
+    """[size*size, R] averaging matrix: column r averages the DFT bins at integer radius r (R = size//2 + 1)."""
+    f = torch.arange(size)
+    f = torch.minimum(f, size - f).double()  # unshifted frequency index -> |frequency|
+    r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round().long().clamp(max=size // 2).flatten()
+    m = F.one_hot(r, size // 2 + 1).double()
+    return m / m.sum(0, keepdim=True)
+
+
+class SpectralBranch(nn.Module):
+    """Crop [B, C, S, S] -> logit contribution [B] from the azimuthally averaged log power spectrum.
+
+    The spectrum is computed in float64 (fixed DFT matrices, not saved in checkpoints): in float32 the weak
+    high-frequency bins come out of cancelling large terms, and torch and onnxruntime would round them apart.
+    """
+
+    def __init__(self, size: int, hidden: int = 32) -> None:
+        super().__init__()
+        cos, sin = _dft_mats(size)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.register_buffer("bins", _radial_bins(size), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(size // 2 + 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)  # starts as a no-op: the head begins as D
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def profile(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.mean(1).double()
+        g = g - g.mean((1, 2), keepdim=True)
+        c, s = self.cos, self.sin
+        # DFT of a real image with W = C - iS:  W g W^T = (C g C - S g S) - i (S g C + C g S)
+        re = c @ g @ c - s @ g @ s
+        im = s @ g @ c + c @ g @ s
+        power = (re * re + im * im).flatten(1)
+        prof = torch.log(power @ self.bins + 1e-6)
+        return (prof - prof.mean(1, keepdim=True)).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.profile(x)).squeeze(1)
+
+
+class GeneratedHead(nn.Module):
+    """Crops [B, C, S, S] -> generated logit [B] (higher = more likely generated)."""
+
+    def __init__(self, D: Discriminator, size: int, spectral: bool = True) -> None:
+        super().__init__()
+        self.d = D
+        self.spectral = SpectralBranch(size) if spectral else None
+
+    @classmethod
+    def from_discriminator(cls, D: Discriminator, spectral: bool = True) -> "GeneratedHead":
+        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D."""
+        was_training = D.training
+        plain = D.without_spectral_norm()
+        D.train(was_training)
+        return cls(plain.requires_grad_(True), D.init_args["size"], spectral)
+
+    @classmethod
+    def build(cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool) -> "GeneratedHead":
+        """An untrained head with the right shapes (to load a state_dict into)."""
+        D = Discriminator(size, channels, width, spectral_norm=False, minibatch_std=minibatch_std)
+        return cls(D, size, spectral)
+
+    def train(self, mode: bool = True) -> "GeneratedHead":
+        super().train(mode)
+        if self.d.mbstd is not None:
+            self.d.mbstd.eval()  # always the frozen running statistic: a score never depends on the batch
+        return self
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        logit = -self.d(crops)[0]
+        if self.spectral is not None:
+            logit = logit + self.spectral(crops)
+        return logit
+
+
+# --------------------------------------------------------------------------- data
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Network images float32 NCHW in [-1, 1] -> uint8 NHWC (what saving them as PNG gives)."""
+    return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random degradation applied to real and generated images alike: each of resize (0.5-2x, random
+    interpolation), Gaussian blur (sigma 0-2) and JPEG (quality 30-100) with probability 1/2, in that order."""
+    out = img
+    if rng.random() < AUGMENT_PROB:
+        f = float(np.exp(rng.uniform(np.log(RESIZE_SCALE[0]), np.log(RESIZE_SCALE[1]))))
+        h, w = out.shape[:2]
+        interp = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)[int(rng.integers(3))]
+        out = cv2.resize(out, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
+    if rng.random() < AUGMENT_PROB:
+        sigma = float(rng.uniform(*BLUR_SIGMA))
+        if sigma > 0.05:
+            out = cv2.GaussianBlur(out, (0, 0), sigma)
+    if rng.random() < AUGMENT_PROB:
+        q = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def training_crops(images: list[np.ndarray], spec: PreprocessSpec, rng: np.random.Generator) -> np.ndarray:
+    """Augment each uint8 image, then cut one crop at a random origin with the shared crop policy."""
+    regions = np.concatenate([native_regions(augment(im, rng), spec, n=1, rng=rng) for im in images])
+    return regions_to_input(regions, spec)
+
+
+# --------------------------------------------------------------------------- snapshots and fake pool
+
+
+def snapshot_every(gan_steps: int) -> int:
+    return max(1, gan_steps // N_SNAPSHOTS)
+
+
+def snapshot_paths(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / SNAPSHOT_DIR).glob("G_*.pt"))
+
+
+@torch.no_grad()
+def _sample(G: Generator, n: int, gen: torch.Generator, device: torch.device, batch: int = 256) -> np.ndarray:
+    G.eval()
+    parts = []
+    for i in range(0, n, batch):
+        z = torch.randn(min(batch, n - i), G.z_dim, generator=gen).to(device)
+        parts.append(G(z).cpu().numpy())
+    return np.concatenate(parts) if parts else np.empty((0,))
+
+
+@torch.no_grad()
+def _reconstruct(G: Generator, E: Encoder, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
+    G.eval(), E.eval()
+    parts = [G(E(torch.from_numpy(x[i : i + batch]).to(device))).cpu().numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(parts)
+
+
+@dataclass
+class PoolSources:
+    """Where fakes come from: generator snapshots, the EMA generator, and G(E(x)) of some real images."""
+
+    snapshots: list[Generator]
+    G_ema: Generator
+    E: Encoder
+    recon_inputs: np.ndarray  # preprocessed real images to reconstruct
+
+
+def fake_pool(src: PoolSources, n: int, seed: int, device: torch.device) -> np.ndarray:
+    """``n`` generated images as uint8 NHWC: a third each from the snapshots, the EMA generator and
+    reconstructions (the snapshots' share goes to the EMA generator when there are none)."""
+    gen = torch.Generator().manual_seed(seed)
+    n_rec = min(n // 3, len(src.recon_inputs))
+    n_snap = n // 3 if src.snapshots else 0
+    n_ema = n - n_rec - n_snap
+    parts = [_sample(src.G_ema, n_ema, gen, device)]
+    for i, G in enumerate(src.snapshots):
+        k = n_snap // len(src.snapshots) + (1 if i < n_snap % len(src.snapshots) else 0)
+        if k:
+            parts.append(_sample(G, k, gen, device))
+    if n_rec:
+        idx = torch.randperm(len(src.recon_inputs), generator=gen)[:n_rec].numpy()
+        parts.append(_reconstruct(src.G_ema, src.E, src.recon_inputs[np.sort(idx)], device))
+    return to_uint8(np.concatenate([p for p in parts if len(p)]))
+
+
+def load_snapshots(run_dir: Path, like: Generator) -> list[Generator]:
+    """The generator snapshots a run saved during its GAN phase (eval mode, CPU)."""
+    import copy
+
+    out = []
+    for path in snapshot_paths(run_dir):
+        G = copy.deepcopy(like).cpu()
+        G.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        out.append(G.eval())
+    return out
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def head_logits(head: GeneratedHead, crops: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Mean head logit over each image's crops: crops [N, K, C, S, S] -> [N] (what the exported graph does)."""
+    head.eval()
+    n, k = crops.shape[:2]
+    flat = torch.from_numpy(np.ascontiguousarray(crops.reshape(n * k, *crops.shape[2:]), dtype=np.float32))
+    out = torch.cat([head(flat[i : i + batch]) for i in range(0, len(flat), batch)]) if len(flat) else torch.empty(0)
+    return out.view(n, k).mean(1).numpy()
+
+
+def crops_of(images_u8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The runtime's crops [N, K, C, S, S] of uint8 NHWC images (the shared crop policy)."""
+    return np.stack([regions_to_input(native_regions(im, spec), spec) for im in images_u8])

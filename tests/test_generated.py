@@ -1,0 +1,250 @@
+"""The generated-image head: crop policy, head training on tiny data, resume, export parity, runtime use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from ganaudit.datasets import load_dataset, read_idx
+from ganaudit.generated import GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
+from ganaudit.imaging import native_crops, native_regions, preprocess
+from ganaudit.nets import Discriminator
+from ganaudit.runtime import Detector
+from ganaudit.spec import ModelSpec, PreprocessSpec
+from ganaudit.train import TrainConfig, load_checkpoint, load_networks, sample
+from ganaudit.train import train as run_training
+
+from .conftest import run_cli
+
+HEAD_ARGS = [
+    "--size", "16", "--width", "8", "--z-dim", "16", "--steps", "80", "--encoder-steps", "40", "--head-steps", "60",
+    "--batch-size", "32", "--sample-every", "40", "--checkpoint-every", "40", "--seed", "0", "--no-progress",
+]  # fmt: skip
+SPEC16 = PreprocessSpec(size=16, channels=1, native_crops=4)
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory, mnist_path) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "head"
+    res = run_cli("train", mnist_path, "--label", "0", "--index-range", "0:2000", "--out", out, *HEAD_ARGS)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def head_model(head_run, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "head.onnx"
+    res = run_cli("export", head_run, "-o", path, "--name", "head-zeros")
+    assert res.exit_code == 0, res.output
+    assert "generated threshold" in res.stdout
+    return path
+
+
+def _test_images(mnist_path: Path, label: int = 0, n: int = 400) -> list[np.ndarray]:
+    images = read_idx(mnist_path)[8000 : 8000 + n]
+    labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[8000 : 8000 + n]
+    return [im for im, lab in zip(images, labels) if lab == label]
+
+
+def _auroc(neg: list[float], pos: list[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([0] * len(neg) + [1] * len(pos), list(neg) + list(pos)))
+
+
+# --- the crop policy --------------------------------------------------------------------------------
+def test_crop_policy_keeps_native_pixels_of_an_image_larger_than_the_model():
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (50, 40), dtype=np.uint8)  # 16x16 model, image ~3x larger: never downscaled
+    regions = native_regions(big, SPEC16)
+    assert regions.shape == (4, 16, 16, 1)
+    corners = [big[:16, :16], big[:16, 24:], big[34:, :16], big[34:, 24:]]
+    for got, want in zip(regions, corners):
+        np.testing.assert_array_equal(got[..., 0], want)
+    centre = native_regions(big, SPEC16, n=1)[0, ..., 0]
+    np.testing.assert_array_equal(centre, big[17:33, 12:28])
+    crops = native_crops(big, SPEC16)
+    assert crops.shape == (4, 1, 16, 16) and crops.dtype == np.float32
+    np.testing.assert_allclose(crops[0, 0], big[:16, :16] / 127.5 - 1, atol=1e-6)
+
+
+def test_crop_policy_on_small_and_model_size_images_matches_preprocess():
+    rng = np.random.default_rng(1)
+    for shape in [(16, 16), (12, 12), (28, 28, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        spec = PreprocessSpec(size=16, channels=1, native_crops=3)
+        crops = native_crops(img, spec)
+        assert crops.shape == (3, 1, 16, 16)
+        if shape[0] <= 16:  # enlarged, never shrunk: a square image then gives exactly preprocess()
+            np.testing.assert_array_equal(crops, np.repeat(preprocess(img, spec)[None], 3, 0))
+    wide = rng.integers(0, 256, (8, 40), dtype=np.uint8)  # short side enlarged to 16 keeping the aspect ratio
+    assert native_regions(wide, SPEC16).shape == (4, 16, 16, 1)
+
+
+def test_random_crops_for_training_are_native_windows_at_varied_places():
+    img = np.random.default_rng(3).integers(0, 256, (40, 40), dtype=np.uint8)
+    windows = np.lib.stride_tricks.sliding_window_view(img, (16, 16))  # [25, 25, 16, 16]
+    regions = native_regions(img, SPEC16, n=12, rng=np.random.default_rng(0))
+    assert regions.shape == (12, 16, 16, 1)
+    origins = set()
+    for r in regions:
+        hits = np.argwhere((windows == r[..., 0]).all(axis=(2, 3)))
+        assert len(hits) == 1
+        origins.add(tuple(hits[0]))
+    assert len(origins) > 6
+
+
+def test_augment_changes_quality_and_scale_within_the_documented_ranges():
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).integers(0, 256, (32, 32, 1), dtype=np.uint8)
+    sizes, changed = set(), 0
+    for _ in range(200):
+        out = augment(img, rng)
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 1
+        sizes.add(out.shape[0])
+        changed += out.shape == img.shape and not np.array_equal(out, img)
+    assert min(sizes) >= 16 and max(sizes) <= 64 and len(sizes) > 5
+    assert changed > 20  # blur / JPEG without resizing
+
+
+def test_spectral_branch_finds_the_frequency_of_a_grating():
+    branch = SpectralBranch(16)
+    y, x = np.mgrid[:16, :16]
+    grating = torch.from_numpy(np.cos(2 * np.pi * 4 * x / 16).astype(np.float32))[None, None]
+    prof = branch.profile(grating)[0]
+    assert int(prof.argmax()) == 4
+    with torch.no_grad():
+        assert float(branch(grating)) == 0.0  # zero-initialised: the head starts as D alone
+
+
+def test_head_starts_as_the_negated_discriminator():
+    torch.manual_seed(0)
+    D = Discriminator(16, 1, 8).eval()
+    with torch.no_grad():
+        D(torch.randn(4, 1, 16, 16))  # power iterations settle
+    head = GeneratedHead.from_discriminator(D).eval()
+    x = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(head(x).numpy(), -D(x)[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert D.trunk[0].parametrizations.weight is not None  # D itself untouched (still spectral-normalised)
+
+
+# --- training ------------------------------------------------------------------------------------------
+def test_head_training_on_tiny_data_separates_real_from_generated(head_run, mnist_path):
+    lines = [json.loads(line) for line in (head_run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 180 and lines[-1]["phase"] == "head" and "h_loss" in lines[-1]
+    assert len(list((head_run / "snapshots").glob("G_*.pt"))) == 6
+    assert np.load(head_run / "validation_native.npy").shape[1:] == (4, 16, 16, 1)
+    cfg, nets, ckpt = load_networks(head_run)
+    assert ckpt["step"] == 180 and nets.H is not None
+    spec = cfg.preprocess
+    real = head_logits(nets.H, crops_of(np.stack(_test_images(mnist_path))[..., None], spec))
+    fake = head_logits(nets.H, crops_of(to_uint8(sample(head_run, 100, seed=123)), spec))
+    assert _auroc(real.tolist(), fake.tolist()) > 0.9
+
+
+def test_resume_inside_the_head_phase_is_equivalent_to_a_straight_run(tmp_path):
+    data = load_dataset("sklearn:digits?label=3", size=16, native_crops=4)
+    assert data.native is not None and data.native.shape[1:] == (4, 16, 16, 1)
+    cfg = TrainConfig(size=16, width=8, z_dim=8, batch_size=16, steps=12, encoder_steps=4, generated_head=True,
+                      head_steps=6, head_pool=64, sample_every=6, checkpoint_every=6, log_every=2)  # fmt: skip
+    run_training(cfg, data, tmp_path / "straight", progress=False)
+    run_training(cfg, data, tmp_path / "resumed", progress=False, stop_at=19)
+    assert load_checkpoint(tmp_path / "resumed")["step"] == 19
+    run_training(cfg, data, tmp_path / "resumed", resume=True, progress=False)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 22
+    for k in a["H"]:
+        assert torch.equal(a["H"][k], b["H"][k]), k
+    trained = GeneratedHead.from_discriminator(load_networks(tmp_path / "straight")[1].D)
+    assert any(not torch.equal(v, trained.state_dict()[k]) for k, v in a["H"].items())  # the head did train
+
+
+def test_head_needs_native_crops_with_a_clear_message(tmp_path):
+    data = load_dataset("sklearn:digits?label=3", size=16)  # no native crops kept by default
+    cfg = TrainConfig(size=16, width=8, z_dim=8, steps=2, encoder_steps=1, generated_head=True)
+    with pytest.raises(Exception, match="native-scale crops"):
+        run_training(cfg, data, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+# --- export and runtime ------------------------------------------------------------------------------
+def test_export_writes_one_file_with_the_head_and_its_spec(head_model):
+    proto = onnx.load(str(head_model))
+    assert [i.name for i in proto.graph.input] == ["image", "crops"]
+    assert proto.graph.input[1].type.tensor_type.shape.dim[1].dim_value == 4
+    assert "generated_logit" in [o.name for o in proto.graph.output]
+    det = Detector.load(head_model)
+    spec = det.spec
+    assert spec.heads == ["anomaly", "generated"] and spec.inputs == ["image", "crops"]
+    assert spec.preprocess.native_crops == 4 and det.has_generated_head
+    cal, thr = spec.calibration["generated"], spec.thresholds["generated"]
+    assert cal["method"] == "platt" and cal["n_negative"] == thr.n_val > 0 and cal["n_positive"] >= 64
+    assert 0 <= thr.value <= 1 and thr.fpr == 0.01 and len(spec.quantiles["generated"]) == 1001
+
+
+def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model, mnist_path):
+    from ganaudit.export import torch_outputs
+    from ganaudit.scoring import ScoringModel
+
+    cfg, nets, _ = load_networks(head_run)
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=nets.H).eval()
+    rng = np.random.default_rng(0)
+    imgs = [np.kron(im, np.ones((2, 3), np.uint8)) for im in _test_images(mnist_path)[:6]]  # 56x84: larger
+    imgs += [rng.integers(0, 256, (40, 40), dtype=np.uint8)] + list(to_uint8(sample(head_run, 3, seed=9)))
+    det = Detector.load(head_model)
+    prepared = [det.prepare(im) for im in imgs]
+    x = np.stack([p.tensor for p in prepared])
+    crops = np.stack([p.crops for p in prepared])
+    ref = torch_outputs(model, x, model.output_names, crops=crops)
+    got = det.run(x, crops)
+    for name in model.output_names:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_detector_scores_large_images_on_their_native_crops(head_run, head_model, mnist_path):
+    det = Detector.load(head_model)
+    big = np.kron(_test_images(mnist_path)[0], np.ones((3, 3), np.uint8))  # 84x84, 16x16 model
+    prepared = det.prepare(big)
+    np.testing.assert_array_equal(prepared.crops, native_crops(big, det.spec.preprocess))
+    v = det.detect(big)
+    logit = det.run(prepared.tensor[None], prepared.crops[None])["generated_logit"]
+    downscaled = det.run(prepared.tensor[None])["generated_logit"]  # the whole image shrunk to 16x16
+    assert logit[0] != pytest.approx(downscaled[0], abs=1e-4)
+    cal = det.spec.calibration["generated"]
+    assert v.generated_score == pytest.approx(1 / (1 + np.exp(-(cal["a"] * float(logit[0]) + cal["b"]))), rel=1e-6)
+    assert v.generated_flag == (v.generated_score > det.thresholds.generated)
+
+
+def test_verdicts_flag_generated_images_and_pass_real_ones(head_run, head_model, mnist_path):
+    det = Detector.load(head_model)
+    real = det.detect(_test_images(mnist_path))
+    fake = det.detect(list(to_uint8(sample(head_run, 60, seed=77))))
+    assert all(v.status == "ok" and 0 <= v.generated_score <= 1 for v in real + fake)
+    assert _auroc([v.generated_score for v in real], [v.generated_score for v in fake]) > 0.9
+    assert np.mean([v.generated_flag for v in fake]) > 0.5
+    assert np.mean([v.generated_flag for v in real]) < 0.5
+    strict = det.detect(list(to_uint8(sample(head_run, 10, seed=78))), generated_threshold=1.0)
+    assert not any(v.generated_flag for v in strict)
+
+
+def test_no_generated_head_run_exports_and_runs_as_before(tiny_run, tiny_model):
+    assert not (tiny_run / "snapshots").exists() and not (tiny_run / "validation_native.npy").exists()
+    assert "H" not in load_checkpoint(tiny_run)
+    det = Detector.load(tiny_model)
+    assert det.spec.inputs == ["image"] and det.spec.heads == ["anomaly"] and det.spec.preprocess.native_crops == 0
+    assert [i.name for i in det.session.get_inputs()] == ["image"]
+    v = det.detect(np.zeros((40, 40), np.uint8))
+    assert v.generated_score is None and v.generated_flag is None
+
+
+def test_a_spec_without_inputs_reads_as_image_only():
+    spec = ModelSpec(name="old", preprocess=PreprocessSpec(16, 1), heads=["anomaly"], outputs=["anomaly_score"])
+    d = json.loads(spec.to_json())
+    d.pop("inputs")
+    assert ModelSpec.from_json(json.dumps(d)).inputs == ["image"]
