@@ -13,7 +13,7 @@ next to the GAN + encoder phases of the same run.
         [--detector-run RUN_DIR] [--extra-generator NAME=RUN_DIR] [--no-head-spectral]
 
 Without --detector-run it trains a short detector (width 16; GAN 1000, encoder 300, head 400 steps) and the
-test GANs, about 30 minutes on one core; trained runs are reused on a second call. --detector-run evaluates an
+test GANs, about 35 minutes on one core; trained runs are reused on a second call. --detector-run evaluates an
 existing run instead, e.g. the default `ganaudit train` run built by models/build_digits.sh.
 """
 
