@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganaudit.datasets import load_dataset
+from ganaudit.datasets import load_dataset, read_idx
 from ganaudit.export import export
 from ganaudit.runtime import Detector
 from ganaudit.scoring import ScoringModel
@@ -28,19 +28,20 @@ from ganaudit.train import TrainConfig, load_networks, train
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 
-def throughput(fn, x: np.ndarray, seconds: float) -> float:
-    """Images per second of ``fn`` on batch ``x``, after one warm-up call."""
-    fn(x)
+def throughput(fn, x: np.ndarray, crops: np.ndarray | None, seconds: float) -> float:
+    """Images per second of ``fn`` on batch ``x`` (and its native crops), after one warm-up call."""
+    fn(x, crops)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        fn(x)
+        fn(x, crops)
         n += len(x)
     return n / (time.perf_counter() - start)
 
 
 def quick_run(tmp: Path) -> Path:
-    data = load_dataset("sklearn:digits", size=32)
-    cfg = TrainConfig(steps=20, encoder_steps=10)
+    """A throw-away run with the default architecture and both heads, as `ganaudit train` builds."""
+    cfg = TrainConfig(steps=20, encoder_steps=10, generated_head=True, head_steps=10)
+    data = load_dataset("sklearn:digits", size=cfg.size, native_crops=cfg.native_crops)
     return train(cfg, data, tmp / "run", progress=False)
 
 
@@ -59,20 +60,25 @@ def main() -> int:
         export(run, model_path)
         det = Detector.load(model_path, threads=args.threads, batch_size=64)
         cfg, nets, _ = load_networks(run)
-        model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa).eval()
-        images = load_dataset(str(MNIST), size=cfg.size, index_range="8000:8064").images
+        head = nets.H if det.has_generated_head else None
+        model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval().use_scoring(det.spec.scoring)
+        prepared = [det.prepare(im) for im in read_idx(MNIST)[8000:8064]]
+        images = np.stack([p.tensor for p in prepared])
+        crops = np.stack([p.crops for p in prepared]) if head is not None else None
 
-        def torch_fn(x: np.ndarray) -> None:
+        def torch_fn(x: np.ndarray, c: np.ndarray | None) -> None:
             with torch.inference_mode():
-                model(torch.from_numpy(x))
+                model(torch.from_numpy(x), None if c is None else torch.from_numpy(c))
 
-        results = {"threads": args.threads, "model": {"size": cfg.size, "width": cfg.width, "z_dim": cfg.z_dim}}
+        heads = det.spec.heads
+        results = {"threads": args.threads, "model": {"size": cfg.size, "width": cfg.width, "z_dim": cfg.z_dim, "heads": heads}}
         for batch in (1, 64):
             x = np.ascontiguousarray(images[:batch])
+            c = None if crops is None else np.ascontiguousarray(crops[:batch])
             rates = {"torch": [], "ort": []}
             for _ in range(3):  # alternate engines so drift in machine load hits both alike
-                rates["torch"].append(throughput(torch_fn, x, args.seconds / 3))
-                rates["ort"].append(throughput(det.run, x, args.seconds / 3))
+                rates["torch"].append(throughput(torch_fn, x, c, args.seconds / 3))
+                rates["ort"].append(throughput(det.run, x, c, args.seconds / 3))
             t, o = float(np.median(rates["torch"])), float(np.median(rates["ort"]))
             results[f"batch_{batch}"] = {"torch_img_s": round(t, 1), "ort_img_s": round(o, 1), "ratio": round(o / t, 2)}
             print(f"batch {batch:>2}: torch {t:8.1f} img/s   onnxruntime {o:8.1f} img/s   ratio {o / t:.2f}x")

@@ -196,6 +196,20 @@ def export_cmd(
     name: Annotated[Optional[str], typer.Option(help="Model name stored in the file (default: the run folder name).")] = None,
     quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on validation images).")] = "none",
     partial: Annotated[bool, typer.Option(help="Export a run that has not finished training.")] = False,
+    anomalies: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Known anomalous images (a folder, an IDX file, or sklearn:digits?label=N; ?label= and ?range= "
+            "filter any labelled source): calibrates anomaly_probability against the held-out normal images."
+        ),
+    ] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Anomaly score: fused (robust z-scores of pixel residual, D-feature residual and D's realness "
+            "logit, fitted on held-out normal images) or izif (f-AnoGAN's residual score)."
+        ),
+    ] = "fused",
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a run to one ONNX detector, verified against torch on the validation images."""
@@ -204,7 +218,9 @@ def export_cmd(
 
     from .export import export
 
-    report = export(run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial)
+    report = export(
+        run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score
+    )
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -214,6 +230,9 @@ def export_cmd(
         f"wrote {report.path} (model {report.name!r}; parity max error {worst:.1e} on {report.n_validation} "
         f"validation images; anomaly threshold {report.anomaly_threshold:.5g}{generated})"
     )
+    if report.anomaly_calibration:
+        cal = report.anomaly_calibration
+        typer.echo(f"anomaly_probability calibrated on {cal['n_negative']} normal vs {cal['n_positive']} anomalous images")
     if report.int8_drift:
         typer.echo(f"int8 score drift vs fp32: {report.int8_drift}")
 

@@ -20,9 +20,10 @@ from .atomic import atomic_write
 from .calibrate import fit_platt, fit_quantiles, fit_threshold
 from .generated import PoolSources, crops_of, fake_pool, load_snapshots
 from .imaging import preprocess, regions_to_input
+from .datasets import load_dataset
 from .errors import ConfigError, ModelFormatError
 from .runtime import Detector
-from .scoring import ScoringModel
+from .scoring import FUSION_TRANSFORMS, SCORE_METHODS, ScoringModel, fusion_inputs
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
 from .train import load_networks
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 OPSET = 17
 PARITY_RTOL = 1e-4
 MIN_VALIDATION_WARN = 100
+MIN_CALIBRATION_ANOMALIES = 20
+# Weights of the fused score's components (FUSION_TRANSFORMS order), chosen on a dev split of the MNIST
+# training part (index < 8000), never on test images: see docs/benchmarks.md, Q1.
+FUSION_WEIGHTS = (1.0, 1.0, 0.5)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class ExportReport:
     int8_drift: dict[str, float] = field(default_factory=dict)
     generated_threshold: float | None = None
     generated_calibration: dict[str, Any] | None = None
+    anomaly_calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,12 +185,23 @@ def export(
     name: str | None = None,
     quantize: str = "none",
     allow_partial: bool = False,
+    anomalies: str | None = None,
+    score: str = "fused",
 ) -> ExportReport:
-    """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file."""
+    """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file.
+
+    ``anomalies`` (a data source as for training: folder, IDX file or ``sklearn:digits?label=N``) holds known
+    anomalous images: with it, ``anomaly_probability`` is calibrated (Platt on log scores) against the
+    held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (robust z-scores of the
+    pixel residual, the D-feature residual and D's realness logit, fitted on the validation images, summed) or
+    ``izif`` (f-AnoGAN's pixel + kappa * feature residual).
+    """
     run_dir, output = Path(run_dir), Path(output)
     check_fpr(fpr)
     if quantize not in ("none", "int8"):
         raise ConfigError(f"--quantize must be none or int8, got {quantize!r}")
+    if score not in SCORE_METHODS:
+        raise ConfigError(f"--score must be one of {', '.join(SCORE_METHODS)}, got {score!r}")
     cfg, nets, ckpt = load_networks(run_dir)
     if ckpt["step"] < cfg.total_steps:
         msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"
@@ -199,6 +216,7 @@ def export(
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
     model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
+    scoring = fit_fusion(model, val) if score == "fused" else {"method": "izif", "kappa": cfg.kappa}
     names = model.output_names
     proto = to_onnx(model, val[:2], names, None if val_crops is None else val_crops[:2])
     spec = ModelSpec(
@@ -207,6 +225,7 @@ def export(
         heads=["anomaly"] + (["generated"] if head is not None else []),
         outputs=names,
         inputs=model.input_names,
+        scoring=scoring,
         provenance=provenance(run_dir, asdict(cfg), quantize),
     )
     fp32 = with_spec(proto, spec)
@@ -224,6 +243,8 @@ def export(
     spec.quantiles = {"anomaly": fit_quantiles(a)}
     if head is not None:
         fit_generated(spec, Detector.load(final), scores["generated_logit"], run_dir, cfg, nets, fpr)
+    if anomalies is not None:
+        spec.calibration["anomaly"] = fit_anomaly_calibration(Detector.load(final), a, anomalies)
     atomic_write(output, with_spec(onnx.load_from_string(final), spec))
     gen_thr = spec.thresholds.get("generated")
     return ExportReport(
@@ -231,7 +252,42 @@ def export(
         anomaly_threshold=spec.thresholds["anomaly"].value, quantize=quantize, int8_drift=drift,
         generated_threshold=None if gen_thr is None else gen_thr.value,
         generated_calibration=spec.calibration.get("generated"),
+        anomaly_calibration=spec.calibration.get("anomaly"),
     )  # fmt: skip
+
+
+def fit_fusion(model: ScoringModel, val: np.ndarray, batch: int = 256) -> dict[str, Any]:
+    """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images."""
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(val), batch):
+            _, _, logit, pixel, feature, _ = model.anomaly(torch.from_numpy(val[i : i + batch]))
+            parts.append(fusion_inputs(pixel, feature, logit).double().numpy())
+    t = np.concatenate(parts)
+    center = np.median(t, axis=0)
+    q75, q25 = np.percentile(t, [75, 25], axis=0)
+    scale = np.maximum((q75 - q25) / 1.349, 1e-6)
+    model.set_fusion(center.tolist(), scale.tolist(), list(FUSION_WEIGHTS))
+    return {
+        "method": "fused",
+        "components": list(FUSION_TRANSFORMS),
+        "transforms": list(FUSION_TRANSFORMS.values()),
+        "center": center.tolist(),
+        "scale": scale.tolist(),
+        "weight": list(FUSION_WEIGHTS),
+        "n_val": int(len(val)),
+    }
+
+
+def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies: str) -> dict[str, Any]:
+    """Platt calibration of the anomaly score: held-out normal validation images vs known anomalies."""
+    pre = det.spec.preprocess
+    images = load_dataset(anomalies, size=pre.size, channels=pre.channels, fit=pre.fit).images
+    crops = np.repeat(images[:, None], pre.native_crops, axis=1) if pre.native_crops else None  # unused by it
+    anomalous = det.run(images, crops)["anomaly_score"]
+    if len(anomalous) < MIN_CALIBRATION_ANOMALIES:
+        log.warning("only %d anomalous images: the anomaly calibration is a rough estimate", len(anomalous))
+    return fit_platt(normal_scores.astype(np.float64), anomalous.astype(np.float64), transform="log")
 
 
 def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:

@@ -9,8 +9,16 @@ from torch import nn
 from .generated import GeneratedHead
 from .nets import Discriminator, Encoder, Generator
 
-ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual"]
+ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score"]
 GENERATED_OUTPUT = "generated_logit"
+# Score fusion: each component, transformed so that higher = more anomalous, in the order of the fusion buffers.
+FUSION_TRANSFORMS = {"pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate"}
+SCORE_METHODS = ("fused", "izif")
+
+
+def fusion_inputs(pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+    """[N, 3] transformed components: log pixel residual, log D-feature residual, minus D's realness logit."""
+    return torch.stack([torch.log(pixel + 1e-8), torch.log(feature + 1e-8), -logit], dim=1)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -25,9 +33,12 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class ScoringModel(nn.Module):
     """izi_f scoring (f-AnoGAN) built from a trained E, G and D.
 
-    Outputs, per image: ``anomaly_score`` = pixel residual + kappa * D-feature residual,
-    ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels and smoothed,
-    ``disc_logit`` (D's realness judgement) and the two residual components.
+    Outputs, per image: ``anomaly_score``; ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels
+    and smoothed; the components ``disc_logit`` (D's realness judgement), ``pixel_residual``,
+    ``feature_residual`` and ``izif_score`` = pixel residual + kappa * D-feature residual.
+
+    ``anomaly_score`` is ``izif_score`` until :meth:`set_fusion` is called; then it is the weighted sum of the
+    components' robust z-scores (see :func:`fusion_inputs`), with centres and scales fitted on normal images.
 
     With a generated-image ``head`` the graph takes a second input ``crops`` [N, K, C, S, S] (the native-scale
     crops of each image, see imaging.native_crops) and adds ``generated_logit`` [N], the head's logit
@@ -43,7 +54,23 @@ class ScoringModel(nn.Module):
         self.H = None if head is None else head.eval()
         self.kappa = float(kappa)
         self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
+        self.fused = False
+        self.register_buffer("fusion_center", torch.zeros(len(FUSION_TRANSFORMS)))
+        self.register_buffer("fusion_scale", torch.ones(len(FUSION_TRANSFORMS)))
+        self.register_buffer("fusion_weight", torch.zeros(len(FUSION_TRANSFORMS)))
         self.requires_grad_(False)
+
+    def set_fusion(self, center: list[float], scale: list[float], weight: list[float]) -> None:
+        """Make ``anomaly_score`` = sum(weight * (fusion_inputs - center) / scale)."""
+        for name, values in (("fusion_center", center), ("fusion_scale", scale), ("fusion_weight", weight)):
+            getattr(self, name).copy_(torch.tensor(values, dtype=torch.float32))
+        self.fused = True
+
+    def use_scoring(self, scoring: dict) -> "ScoringModel":
+        """Apply an exported spec's ``scoring`` entry, to rebuild exactly the graph that was exported."""
+        if scoring.get("method") == "fused":
+            self.set_fusion(scoring["center"], scoring["scale"], scoring["weight"])
+        return self
 
     @property
     def input_names(self) -> list[str]:
@@ -72,4 +99,9 @@ class ScoringModel(nn.Module):
         residual = (image - rec).abs().mean(1, keepdim=True)
         pad = self.kernel.shape[-1] // 2
         amap = F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), self.kernel)
-        return pixel + self.kappa * feature, amap, logit, pixel, feature
+        izif = pixel + self.kappa * feature
+        score = izif
+        if self.fused:
+            z = (fusion_inputs(pixel, feature, logit) - self.fusion_center) / self.fusion_scale
+            score = (z * self.fusion_weight).sum(1)
+        return score, amap, logit, pixel, feature, izif

@@ -73,6 +73,8 @@ class ModelSpec:
     # Graph inputs, in order: "image" [N, C, S, S]; with the generated head also "crops" [N, K, C, S, S]
     # (K = preprocess.native_crops, made by imaging.native_crops). Files without this key have ["image"].
     inputs: list[str] = field(default_factory=lambda: ["image"])
+    # How anomaly_score is computed: {"method": "izif", ...} or {"method": "fused", centres, scales, weights}.
+    scoring: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     # Sorted normal-validation score quantiles per score (101+ points, 0..100 %).
     quantiles: dict[str, list[float]] = field(default_factory=dict)
@@ -80,6 +82,8 @@ class ModelSpec:
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # The exact JSON text this spec was read from (not a dataclass field: no annotation).
+    _source_json = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -87,7 +91,8 @@ class ModelSpec:
 
     @property
     def spec_hash(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """Hash of the spec text stored in the model file, so one file keeps one hash across ganaudit versions."""
+        return hashlib.sha256((self._source_json or self.to_json()).encode()).hexdigest()[:16]
 
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
@@ -104,12 +109,13 @@ class ModelSpec:
                 "Re-export the model with this ganaudit version, or upgrade ganaudit."
             )
         try:
-            return cls(
+            spec = cls(
                 name=str(d["name"]),
                 preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                 heads=list(d["heads"]),
                 outputs=list(d["outputs"]),
                 inputs=list(d.get("inputs", ["image"])),
+                scoring=dict(d.get("scoring", {})),
                 thresholds={k: Threshold(**v) for k, v in d.get("thresholds", {}).items()},
                 quantiles={k: [float(q) for q in v] for k, v in d.get("quantiles", {}).items()},
                 calibration=dict(d.get("calibration", {})),
@@ -118,3 +124,5 @@ class ModelSpec:
             )
         except (KeyError, TypeError, ConfigError) as e:
             raise ModelFormatError(f"the ganaudit model spec is incomplete or invalid: {e}") from None
+        spec._source_json = text
+        return spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def test_torch_and_onnxruntime_agree_on_real_mnist_including_maps(tiny_run, tiny
     det = Detector.load(tiny_model)
     x = np.stack([preprocess(im, det.spec.preprocess) for im in images[:200]])
     cfg, nets, _ = load_networks(tiny_run)
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa)
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa).use_scoring(det.spec.scoring)
     ref = torch_outputs(model, x, model.output_names)
     got = det.run(x)
     assert set(ref) == set(det.spec.outputs)
@@ -97,7 +98,7 @@ def test_verdict_fields(detector, mnist_test_images):
     assert v.flagged == v.anomaly_flag
     assert v.generated_score is None and v.generated_flag is None  # no generated head in this model
     assert v.anomaly_map.shape == (16, 16) and v.anomaly_map.min() >= 0
-    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual"}
+    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual", "izif_score"}
     d = v.to_dict()
     assert "anomaly_map" not in d and json.dumps(d)
 
@@ -207,6 +208,17 @@ def test_info_prints_the_spec(tiny_model):
     assert js["name"] == "tiny-zeros" and len(js["spec_hash"]) == 16
 
 
+def test_spec_hash_is_that_of_the_stored_text_so_new_spec_fields_do_not_change_it():
+    from ganaudit.spec import ModelSpec
+
+    stored = json.dumps({"format_version": 1, "name": "old", "preprocess": {"size": 16, "channels": 1},
+                         "heads": ["anomaly"], "outputs": ["anomaly_score"]})  # fmt: skip
+    spec = ModelSpec.from_json(stored)
+    assert spec.inputs == ["image"]  # a field this file predates, filled with its default
+    assert spec.to_json() != stored
+    assert spec.spec_hash == ModelSpec.from_json(stored).spec_hash == hashlib.sha256(stored.encode()).hexdigest()[:16]
+
+
 def test_export_refuses_an_incomplete_run(tmp_path):
     res = run_cli("export", tmp_path, "-o", tmp_path / "x.onnx")
     assert res.exit_code == 2 and "not a ganaudit run directory" in res.stderr
@@ -230,6 +242,50 @@ def test_int8_export_reports_drift_and_still_loads(tiny_run, tmp_path, mnist_tes
     assert report["quantize"] == "int8" and report["int8_drift"]["anomaly_score_max_rel"] >= 0
     v = Detector.load(tmp_path / "q.onnx").detect(mnist_test_images[0][0])
     assert v.status == "ok" and np.isfinite(v.anomaly_score)
+
+
+def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, tiny_model, tmp_path, mnist_test_images):
+    images = list(mnist_test_images[0][:50])
+    det = Detector.load(tiny_model)
+    sc = det.spec.scoring
+    assert sc["method"] == "fused" and sc["components"] == ["pixel_residual", "feature_residual", "disc_logit"]
+    assert sc["n_val"] > 0 and all(s > 0 for s in sc["scale"])
+    for v in det.detect(images):
+        c = v.components
+        t = np.array([np.log(c["pixel_residual"] + 1e-8), np.log(c["feature_residual"] + 1e-8), -c["disc_logit"]])
+        expected = float(np.sum(np.array(sc["weight"]) * (t - sc["center"]) / sc["scale"]))
+        assert v.anomaly_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+    res = run_cli("export", tiny_run, "-o", tmp_path / "izif.onnx", "--score", "izif")
+    assert res.exit_code == 0, res.output
+    izif = Detector.load(tmp_path / "izif.onnx")
+    assert izif.spec.scoring["method"] == "izif"
+    for v in izif.detect(images):
+        assert v.anomaly_score == pytest.approx(v.components["izif_score"], rel=1e-6)
+    bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--score", "median")
+    assert bad.exit_code == 2 and "--score" in bad.stderr
+
+
+def test_known_anomalies_calibrate_anomaly_probability(tiny_run, tiny_model, tmp_path, mnist_path, mnist_test_images):
+    out = tmp_path / "cal.onnx"
+    # Known anomalies from the training part of MNIST (index < 8000), never from the test images.
+    res = run_cli("export", tiny_run, "-o", out, "--anomalies", f"{mnist_path}?label=7&range=0:2000", "--json")
+    assert res.exit_code == 0, res.output
+    cal = json.loads(res.stdout)["anomaly_calibration"]
+    assert cal["method"] == "platt" and cal["n_positive"] > 100 and cal["a"] > 0
+
+    images, labels = mnist_test_images
+    calibrated = Detector.load(out).detect(list(images))
+    p = np.array([v.anomaly_probability for v in calibrated])
+    assert np.all((p >= 0) & (p <= 1))
+    assert p[labels == 0].mean() < 0.5 < p[labels == 7].mean()
+    # Same graph and threshold; only the probability is new.
+    plain = Detector.load(tiny_model).detect(list(images[:20]))
+    assert all(v.anomaly_probability is None for v in plain)
+    assert [v.anomaly_flag for v in plain] == [v.anomaly_flag for v in calibrated[:20]]
+
+    bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--anomalies", tmp_path / "missing")
+    assert bad.exit_code == 2 and "not found" in bad.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_export_refuses_an_unfinished_run_unless_partial(tmp_path):

@@ -97,7 +97,7 @@ def test_default_scan_of_the_demo_flags_anomalies_and_generated_images(default_d
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap of the interim digits model (models/digits.md, Evaluation): letters reconstruct about as "
+    reason="known gap of the digits model (models/digits.md, Evaluation): letters reconstruct about as "
     "well as digits, so the anomaly head passes most of them; remove this marker once the shipped model flags them",
 )
 def test_default_scan_of_the_demo_flags_the_letters(demo_scan):

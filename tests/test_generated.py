@@ -193,11 +193,11 @@ def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model
     from ganaudit.scoring import ScoringModel
 
     cfg, nets, _ = load_networks(head_run)
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=nets.H).eval()
+    det = Detector.load(head_model)
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=nets.H).eval().use_scoring(det.spec.scoring)
     rng = np.random.default_rng(0)
     imgs = [np.kron(im, np.ones((2, 3), np.uint8)) for im in _test_images(mnist_path)[:6]]  # 56x84: larger
     imgs += [rng.integers(0, 256, (40, 40), dtype=np.uint8)] + list(to_uint8(sample(head_run, 3, seed=9)))
-    det = Detector.load(head_model)
     prepared = [det.prepare(im) for im in imgs]
     x = np.stack([p.tensor for p in prepared])
     crops = np.stack([p.crops for p in prepared])
