@@ -145,20 +145,17 @@ def with_spec(proto: onnx.ModelProto, spec: ModelSpec) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(fp32: bytes, val: np.ndarray) -> bytes:
-    """Static int8 quantization (QDQ), calibrated on the validation images."""
+def quantize_int8(fp32: bytes, val: np.ndarray, val_crops: np.ndarray | None = None) -> bytes:
+    """Static int8 quantization (QDQ), calibrated on the validation images (and their native crops)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    n_crops = next((i for i in onnx.load_from_string(fp32).graph.input if i.name == "crops"), None)
-    k = n_crops.type.tensor_type.shape.dim[1].dim_value if n_crops is not None else 0
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             feeds = []
             for i in range(0, len(val), 32):
                 feed = {"image": val[i : i + 32]}
-                if k:
-                    feed["crops"] = np.repeat(val[i : i + 32, None], k, axis=1)
+                if val_crops is not None:
+                    feed["crops"] = val_crops[i : i + 32]
                 feeds.append(feed)
             self.batches = iter(feeds)
 
@@ -191,7 +188,7 @@ def export(
     """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file.
 
     ``anomalies`` (a data source as for training: folder, IDX file or ``sklearn:digits?label=N``) holds known
-    anomalous images: with it, ``anomaly_probability`` is calibrated (Platt on log scores) against the
+    anomalous images: with it, ``anomaly_probability`` is calibrated (Platt scaling) against the
     held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (robust z-scores of the
     pixel residual, the D-feature residual and D's realness logit, fitted on the validation images, summed) or
     ``izif`` (f-AnoGAN's pixel + kappa * feature residual).
@@ -231,7 +228,7 @@ def export(
     fp32 = with_spec(proto, spec)
     expected = torch_outputs(model, val, names, crops=val_crops)
     parity = check_parity(expected, Detector.load(fp32).run(val, val_crops))
-    final = fp32 if quantize == "none" else quantize_int8(fp32, val)
+    final = fp32 if quantize == "none" else quantize_int8(fp32, val, val_crops)
     scores = Detector.load(final).run(val, val_crops)
     drift: dict[str, float] = {}
     if quantize == "int8":
@@ -287,7 +284,9 @@ def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies:
     anomalous = det.run(images, crops)["anomaly_score"]
     if len(anomalous) < MIN_CALIBRATION_ANOMALIES:
         log.warning("only %d anomalous images: the anomaly calibration is a rough estimate", len(anomalous))
-    return fit_platt(normal_scores.astype(np.float64), anomalous.astype(np.float64), transform="log")
+    # izi_f scores are positive and skewed (log suits them); fused scores are z-score sums, often negative.
+    transform = "identity" if det.spec.scoring.get("method") == "fused" else "log"
+    return fit_platt(normal_scores.astype(np.float64), anomalous.astype(np.float64), transform=transform)
 
 
 def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:

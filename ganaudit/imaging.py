@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# native_regions enlarges an image smaller than the model size; past this many pixels it enlarges crop by crop.
+MAX_ENLARGED_PIXELS = 4_000_000
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
@@ -614,20 +616,30 @@ def native_regions(
     n = spec.native_crops if n is None else n
     if n < 1:
         raise ValueError("native_regions needs n >= 1 (the model spec has native_crops = 0: no generated head)")
-    height, width = img.shape[:2]
+    src_h, src_w = img.shape[:2]
     s = spec.size
+    height, width = src_h, src_w
     if height < s or width < s:
         scale = s / min(height, width)
-        new_w, new_h = max(s, int(round(width * scale))), max(s, int(round(height * scale)))
-        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if img.ndim == 2:
-            img = img[:, :, None]
-        height, width = new_h, new_w
+        width, height = max(s, int(round(width * scale))), max(s, int(round(height * scale)))
     if rng is not None:
         origins = [(int(rng.integers(0, height - s + 1)), int(rng.integers(0, width - s + 1))) for _ in range(n)]
     else:
         origins = _crop_grid(height, width, s, n)
-    return np.stack([img[t : t + s, l : l + s] for t, l in origins])
+    if (height, width) == (src_h, src_w):
+        return np.stack([img[t : t + s, l : l + s] for t, l in origins])
+    if height * width <= MAX_ENLARGED_PIXELS:
+        big = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+        return np.stack([big[t : t + s, l : l + s] for t, l in origins])
+    # A thin image (e.g. 1 x 100000) would be enormous once enlarged: map each crop from the source instead.
+    return np.stack([_enlarged_window(img, t, l, s, height / src_h, width / src_w) for t, l in origins])
+
+
+def _enlarged_window(img: np.ndarray, top: int, left: int, s: int, sy: float, sx: float) -> np.ndarray:
+    """The s x s window at (top, left) of ``img`` enlarged by (sy, sx), computed without enlarging all of it."""
+    m = np.array([[1 / sx, 0, (left + 0.5) / sx - 0.5], [0, 1 / sy, (top + 0.5) / sy - 0.5]], np.float64)
+    out = cv2.warpAffine(img, m, (s, s), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(s, s, -1)
 
 
 def regions_to_input(regions: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

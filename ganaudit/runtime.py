@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -218,10 +219,19 @@ class Detector:
         return self.prepare_decoded(image, _describe(source))
 
     def prepare_decoded(self, image: np.ndarray, source: str | None = None) -> Prepared:
-        """Preprocess an already decoded image (and cut its native-scale crops when the model uses them)."""
+        """Preprocess an already decoded image (and cut its native-scale crops when the model uses them).
+
+        Raises ImageDecodeError for any image that cannot be preprocessed, so one image never aborts a batch.
+        """
         h, w = image.shape[:2]
-        crops = native_crops(image, self.spec.preprocess) if self.uses_crops else None
-        return Prepared(preprocess(image, self.spec.preprocess), w, h, source, crops)
+        try:
+            crops = native_crops(image, self.spec.preprocess) if self.uses_crops else None
+            return Prepared(preprocess(image, self.spec.preprocess), w, h, source, crops)
+        except GanauditError:
+            raise
+        except (cv2.error, ValueError, MemoryError) as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ImageDecodeError(f"cannot preprocess this {w}x{h} image: {reason}") from None
 
     def run(self, batch: np.ndarray, crops: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``batch_size``.

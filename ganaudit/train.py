@@ -490,6 +490,8 @@ def prepare_run(
         raise ConfigError(f"only {len(data)} image(s): too few to train on")
     train, val = data.subset(train_idx), data.subset(val_idx)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / SNAPSHOT_DIR).glob("G_*.pt"):  # from an attempt that died before its first checkpoint
+        stale.unlink()
     buf = io.BytesIO()
     np.save(buf, val.images)
     atomic_write(run_dir / "validation.npy", buf.getvalue())

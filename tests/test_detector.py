@@ -299,3 +299,20 @@ def test_export_refuses_an_unfinished_run_unless_partial(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     assert run_cli("export", run, "-o", tmp_path / "m.onnx", "--partial").exit_code == 0
     assert oct((tmp_path / "m.onnx").stat().st_mode & 0o777) == "0o644"
+
+
+def test_an_image_that_fails_preprocessing_is_an_error_verdict_not_a_failed_batch(detector, mnist_test_images, monkeypatch):
+    import ganaudit.runtime as runtime
+
+    real = runtime.preprocess
+
+    def fragile(image, spec):
+        if image.shape[1] == 13:
+            raise cv2.error("OpenCV(4.x) resize.cpp: error: (-215:Assertion failed) simulated")
+        return real(image, spec)
+
+    monkeypatch.setattr(runtime, "preprocess", fragile)
+    odd, good = np.zeros((20, 13), np.uint8), mnist_test_images[0][0]
+    verdicts = detector.detect([odd, good])
+    assert verdicts[0].status == "error" and "cannot preprocess this 13x20 image" in verdicts[0].error
+    assert verdicts[1].status == "ok"

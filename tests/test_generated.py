@@ -221,6 +221,23 @@ def test_detector_scores_large_images_on_their_native_crops(head_run, head_model
     assert v.generated_flag == (v.generated_score > det.thresholds.generated)
 
 
+def test_thin_images_are_cropped_without_enlarging_them_whole(head_model, mnist_path, monkeypatch):
+    import ganaudit.imaging as imaging
+
+    rng = np.random.default_rng(3)
+    thin = rng.integers(0, 256, (4, 300), dtype=np.uint8)  # enlarged 4x: 16 x 1200
+    whole = native_regions(thin, SPEC16)
+    monkeypatch.setattr(imaging, "MAX_ENLARGED_PIXELS", 100)  # force the crop-by-crop path
+    windowed = native_regions(thin, SPEC16)
+    assert np.abs(whole.astype(int) - windowed.astype(int)).max() <= 1  # same pixels, up to rounding
+    monkeypatch.undo()
+
+    # 1 x 2,000,000 would be 32 GB enlarged whole; it must score quickly, next to a normal image.
+    det = Detector.load(head_model)
+    verdicts = det.detect([np.full((1, 2_000_000), 128, np.uint8), _test_images(mnist_path)[0]])
+    assert [v.status for v in verdicts] == ["ok", "ok"]
+
+
 def test_verdicts_flag_generated_images_and_pass_real_ones(head_run, head_model, mnist_path):
     det = Detector.load(head_model)
     real = det.detect(_test_images(mnist_path))
