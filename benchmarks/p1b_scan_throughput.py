@@ -29,21 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
-
-
-def resolve_model_or_exit(model: str | None) -> Path:
-    from ganaudit.errors import GanauditError
-    from ganaudit.models import resolve_model
-
-    try:
-        path = resolve_model(model)
-    except GanauditError as e:
-        sys.exit(f"error: {e}\n(this benchmark needs a detector: pass --model FILE.onnx, e.g. one made with "
-                 "`ganaudit train ... && ganaudit export ...`)")  # fmt: skip
-    if not path.is_file():
-        sys.exit(f"error: model file not found: {path}")
-    return path
+from _common import MNIST, resolve_model_or_exit  # noqa: E402
 
 
 def build_files(folder: Path, n: int, side: int = 28) -> list[str]:
