@@ -280,8 +280,7 @@ def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies:
     """Platt calibration of the anomaly score: held-out normal validation images vs known anomalies."""
     pre = det.spec.preprocess
     images = load_dataset(anomalies, size=pre.size, channels=pre.channels, fit=pre.fit).images
-    crops = np.repeat(images[:, None], pre.native_crops, axis=1) if pre.native_crops else None  # unused by it
-    anomalous = det.run(images, crops)["anomaly_score"]
+    anomalous = det.run(images)["anomaly_score"]  # the score does not use the head's crops
     if len(anomalous) < MIN_CALIBRATION_ANOMALIES:
         log.warning("only %d anomalous images: the anomaly calibration is a rough estimate", len(anomalous))
     # izi_f scores are positive and skewed (log suits them); fused scores are z-score sums, often negative.
