@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.export import export
+from ganaudit.export import export, scoring_model
 from ganaudit.runtime import Detector
-from ganaudit.scoring import ScoringModel
 from ganaudit.train import TrainConfig, load_networks, train
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -61,7 +60,7 @@ def main() -> int:
         det = Detector.load(model_path, threads=args.threads, batch_size=64)
         cfg, nets, _ = load_networks(run)
         head = nets.H if det.has_generated_head else None
-        model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval().use_scoring(det.spec.scoring)
+        model = scoring_model(Path(run), cfg, nets, head).use_scoring(det.spec.scoring)
         prepared = [det.prepare(im) for im in read_idx(MNIST)[8000:8064]]
         images = np.stack([p.tensor for p in prepared])
         crops = np.stack([p.crops for p in prepared]) if head is not None else None

@@ -206,8 +206,9 @@ def export_cmd(
     score: Annotated[
         str,
         typer.Option(
-            help="Anomaly score: fused (robust z-scores of pixel residual, D-feature residual and D's realness "
-            "logit, fitted on held-out normal images) or izif (f-AnoGAN's residual score)."
+            help="Anomaly score: fused (robust z-scores of the D-feature residual, D's realness logit and the "
+            "kNN distance to training images in D's feature space, fitted on held-out normal images) or izif "
+            "(f-AnoGAN's residual score)."
         ),
     ] = "fused",
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,

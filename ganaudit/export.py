@@ -23,10 +23,10 @@ from .imaging import preprocess, regions_to_input
 from .datasets import load_dataset
 from .errors import ConfigError, ModelFormatError
 from .runtime import Detector
-from .scoring import FUSION_TRANSFORMS, SCORE_METHODS, ScoringModel, fusion_inputs
+from .scoring import FUSION_TRANSFORMS, KNN_K, SCORE_METHODS, ScoringModel, fusion_inputs
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
-from .train import load_networks
+from .train import MEMORY_BANK, load_networks
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ OPSET = 17
 PARITY_RTOL = 1e-4
 MIN_VALIDATION_WARN = 100
 MIN_CALIBRATION_ANOMALIES = 20
-# Weights of the fused score's components (FUSION_TRANSFORMS order), chosen on a dev split of the MNIST
-# training part (index < 8000), never on test images: see docs/benchmarks.md, Q1.
-FUSION_WEIGHTS = (1.0, 1.0, 0.5)
+# Weights of the fused score's components (FUSION_TRANSFORMS order: pixel residual, feature residual, D logit,
+# kNN distance), chosen on a dev split of the MNIST training part (index < 8000), never on test images:
+# see docs/benchmarks.md, Q1.
+FUSION_WEIGHTS = (0.0, 1.0, 0.5, 4.0)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def to_onnx(
             input_names=inputs,
             output_names=names,
             dynamic_axes={**{n: {0: "batch"} for n in inputs}, **{n: {0: "batch"} for n in names}},
-            do_constant_folding=True,
+            do_constant_folding=False,  # keeps the float16 memory bank float16 in the file; onnxruntime folds at load
         )
     proto = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(proto, full_check=True)
@@ -189,9 +190,9 @@ def export(
 
     ``anomalies`` (a data source as for training: folder, IDX file or ``sklearn:digits?label=N``) holds known
     anomalous images: with it, ``anomaly_probability`` is calibrated (Platt scaling) against the
-    held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (robust z-scores of the
-    pixel residual, the D-feature residual and D's realness logit, fitted on the validation images, summed) or
-    ``izif`` (f-AnoGAN's pixel + kappa * feature residual).
+    held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (weighted robust z-scores
+    of the components in FUSION_TRANSFORMS, fitted on the validation images) or ``izif`` (f-AnoGAN's
+    pixel + kappa * feature residual).
     """
     run_dir, output = Path(run_dir), Path(output)
     check_fpr(fpr)
@@ -212,7 +213,7 @@ def export(
     if cfg.generated_head and head is None:
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
+    model = scoring_model(run_dir, cfg, nets, head)
     scoring = fit_fusion(model, val) if score == "fused" else {"method": "izif", "kappa": cfg.kappa}
     names = model.output_names
     proto = to_onnx(model, val[:2], names, None if val_crops is None else val_crops[:2])
@@ -253,13 +254,26 @@ def export(
     )  # fmt: skip
 
 
+def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None) -> ScoringModel:
+    """The scoring graph of a run (before fusion is fitted), with its memory bank of training images."""
+    path = run_dir / MEMORY_BANK
+    if not path.is_file():
+        raise ModelFormatError(
+            f"{run_dir} has no {MEMORY_BANK} (it was trained by an older ganaudit): add it by running the same "
+            "`ganaudit train DATA ... --out RUN --resume` once (no training is repeated), then export again"
+        )
+    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
+    model.set_memory_bank(torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)))
+    return model
+
+
 def fit_fusion(model: ScoringModel, val: np.ndarray, batch: int = 256) -> dict[str, Any]:
     """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images."""
     parts = []
     with torch.no_grad():
         for i in range(0, len(val), batch):
-            _, _, logit, pixel, feature, _ = model.anomaly(torch.from_numpy(val[i : i + batch]))
-            parts.append(fusion_inputs(pixel, feature, logit).double().numpy())
+            _, _, logit, pixel, feature, _, knn = model.anomaly(torch.from_numpy(val[i : i + batch]))
+            parts.append(fusion_inputs(pixel, feature, logit, knn).double().numpy())
     t = np.concatenate(parts)
     center = np.median(t, axis=0)
     q75, q25 = np.percentile(t, [75, 25], axis=0)
@@ -273,6 +287,8 @@ def fit_fusion(model: ScoringModel, val: np.ndarray, batch: int = 256) -> dict[s
         "scale": scale.tolist(),
         "weight": list(FUSION_WEIGHTS),
         "n_val": int(len(val)),
+        "knn_k": KNN_K,
+        "memory_bank_size": int(len(model.bank)),
     }
 
 

@@ -9,16 +9,24 @@ from torch import nn
 from .generated import GeneratedHead
 from .nets import Discriminator, Encoder, Generator
 
-ANOMALY_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score"]
+ANOMALY_OUTPUTS = [
+    "anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance",
+]  # fmt: skip
 GENERATED_OUTPUT = "generated_logit"
 # Score fusion: each component, transformed so that higher = more anomalous, in the order of the fusion buffers.
-FUSION_TRANSFORMS = {"pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate"}
+FUSION_TRANSFORMS = {"pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate", "knn_distance": "log"}
 SCORE_METHODS = ("fused", "izif")
+KNN_K = 5
 
 
-def fusion_inputs(pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
-    """[N, 3] transformed components: log pixel residual, log D-feature residual, minus D's realness logit."""
-    return torch.stack([torch.log(pixel + 1e-8), torch.log(feature + 1e-8), -logit], dim=1)
+def fusion_inputs(pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor, knn: torch.Tensor) -> torch.Tensor:
+    """[N, 4] transformed components: log pixel residual, log D-feature residual, minus D's realness logit and
+    log kNN distance."""
+    return torch.stack([torch.log(pixel + 1e-8), torch.log(feature + 1e-8), -logit, torch.log(knn + 1e-8)], dim=1)
+
+
+def unit_rows(f: torch.Tensor) -> torch.Tensor:
+    return f / (f.norm(dim=1, keepdim=True) + 1e-12)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -35,7 +43,9 @@ class ScoringModel(nn.Module):
 
     Outputs, per image: ``anomaly_score``; ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels
     and smoothed; the components ``disc_logit`` (D's realness judgement), ``pixel_residual``,
-    ``feature_residual`` and ``izif_score`` = pixel residual + kappa * D-feature residual.
+    ``feature_residual``, ``izif_score`` = pixel residual + kappa * D-feature residual, and ``knn_distance``:
+    the mean squared distance from the image's unit-length D features to those of its ``KNN_K`` nearest
+    images in the memory bank (training images, see :meth:`set_memory_bank`).
 
     ``anomaly_score`` is ``izif_score`` until :meth:`set_fusion` is called; then it is the weighted sum of the
     components' robust z-scores (see :func:`fusion_inputs`), with centres and scales fitted on normal images.
@@ -58,7 +68,14 @@ class ScoringModel(nn.Module):
         self.register_buffer("fusion_center", torch.zeros(len(FUSION_TRANSFORMS)))
         self.register_buffer("fusion_scale", torch.ones(len(FUSION_TRANSFORMS)))
         self.register_buffer("fusion_weight", torch.zeros(len(FUSION_TRANSFORMS)))
+        self.register_buffer("bank", torch.zeros(0, self.D.feature_dim, dtype=torch.float16))
         self.requires_grad_(False)
+
+    @torch.no_grad()
+    def set_memory_bank(self, images: torch.Tensor, batch: int = 256) -> None:
+        """Store the unit-length D features of ``images`` (normal training images), as float16 to halve the file."""
+        feats = [unit_rows(self.D(images[i : i + batch])[1]) for i in range(0, len(images), batch)]
+        self.bank = torch.cat(feats).to(torch.float16)
 
     def set_fusion(self, center: list[float], scale: list[float], weight: list[float]) -> None:
         """Make ``anomaly_score`` = sum(weight * (fusion_inputs - center) / scale)."""
@@ -90,6 +107,14 @@ class ScoringModel(nn.Module):
         logits = self.H(crops.flatten(0, 1)).view(n, k)
         return (*outs, logits.mean(1))
 
+    def knn_distance(self, features: torch.Tensor) -> torch.Tensor:
+        if len(self.bank) == 0:
+            raise ValueError("the scoring graph has no memory bank: call set_memory_bank(training images) first")
+        u, bank = unit_rows(features), self.bank.float()
+        nearest = (u @ bank.T).topk(min(KNN_K, len(bank)), dim=1).indices
+        # Distances recomputed from the differences: 2 - 2 cos cancels badly for near neighbours.
+        return (u[:, None, :] - bank[nearest]).pow(2).sum(2).mean(1)
+
     def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rec = self.G(self.E(image))
         logit, f_x = self.D(image)
@@ -100,8 +125,9 @@ class ScoringModel(nn.Module):
         pad = self.kernel.shape[-1] // 2
         amap = F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), self.kernel)
         izif = pixel + self.kappa * feature
+        knn = self.knn_distance(f_x)
         score = izif
         if self.fused:
-            z = (fusion_inputs(pixel, feature, logit) - self.fusion_center) / self.fusion_scale
+            z = (fusion_inputs(pixel, feature, logit, knn) - self.fusion_center) / self.fusion_scale
             score = (z * self.fusion_weight).sum(1)
-        return score, amap, logit, pixel, feature, izif
+        return score, amap, logit, pixel, feature, izif, knn

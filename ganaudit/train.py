@@ -6,6 +6,7 @@ Run directory layout::
     RUN_DIR/run.json             data provenance (source, fingerprint, counts, versions)
     RUN_DIR/validation.npy       held-out normal images, preprocessed (used by export)
     RUN_DIR/validation_native.npy  their native-scale crops, uint8 [N, K, S, S, C] (generated head only)
+    RUN_DIR/memory_bank.npy      up to MEMORY_BANK_MAX training images, preprocessed, float16 (export's kNN score)
     RUN_DIR/snapshots/G_*.pt     generator snapshots from the GAN phase (generated head only)
     RUN_DIR/metrics.jsonl        one JSON line per logged step
     RUN_DIR/samples/step_*.png   EMA-generator sample grids
@@ -46,6 +47,8 @@ from .spec import PreprocessSpec, check_size
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoints/last.pt"
+MEMORY_BANK = "memory_bank.npy"
+MEMORY_BANK_MAX = 4096
 MODE_COLLAPSE_RATIO = 0.5
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
@@ -474,6 +477,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, "".join(k + "\n" for k in kept))
 
 
+def write_memory_bank(run_dir: Path, train: Dataset, seed: int) -> None:
+    """Save a seeded sample of at most MEMORY_BANK_MAX training images: export turns them into the memory bank
+    of the kNN score (their D features)."""
+    n = len(train)
+    pick = np.sort(np.random.default_rng([seed, 11]).permutation(n)[:MEMORY_BANK_MAX])
+    buf = io.BytesIO()
+    np.save(buf, train.images[pick].astype(np.float16))
+    atomic_write(run_dir / MEMORY_BANK, buf.getvalue())
+
+
 def prepare_run(
     cfg: TrainConfig, data: Dataset, run_dir: Path, data_options: dict[str, Any]
 ) -> Dataset:
@@ -495,6 +508,7 @@ def prepare_run(
     buf = io.BytesIO()
     np.save(buf, val.images)
     atomic_write(run_dir / "validation.npy", buf.getvalue())
+    write_memory_bank(run_dir, train, cfg.seed)
     if cfg.generated_head:
         buf = io.BytesIO()
         np.save(buf, val.native)
@@ -530,7 +544,11 @@ def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict
         )
     train_idx, _ = split_validation(len(data), cfg.val_fraction, cfg.seed)
     truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
-    return cfg, data.subset(train_idx), ckpt
+    train = data.subset(train_idx)
+    if not (run_dir / MEMORY_BANK).is_file():  # runs made before the kNN score kept no memory bank
+        log.info("adding the memory bank (%s) to %s", MEMORY_BANK, run_dir)
+        write_memory_bank(run_dir, train, cfg.seed)
+    return cfg, train, ckpt
 
 
 def train(

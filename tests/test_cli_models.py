@@ -22,7 +22,8 @@ def test_models_lists_the_shipped_default():
 
     models = shipped_models()
     assert DEFAULT_MODEL in models, "the default model must ship in ganaudit/models/"
-    assert models[DEFAULT_MODEL].stat().st_size < 8_000_000, "keep shipped models small"
+    # about 5 MB of networks + the float16 kNN memory bank (at most 4,096 x 2,048 values, 17 MB)
+    assert models[DEFAULT_MODEL].stat().st_size < 24_000_000, "keep shipped models small"
     det = Detector.load(models[DEFAULT_MODEL])
 
     res = run_cli("models", "--json")

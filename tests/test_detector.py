@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,9 +18,8 @@ import torch
 
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
-from ganaudit.export import torch_outputs
+from ganaudit.export import scoring_model, torch_outputs
 from ganaudit.imaging import preprocess
-from ganaudit.scoring import ScoringModel
 from ganaudit.spec import METADATA_KEY
 from ganaudit.train import load_networks
 
@@ -36,7 +36,7 @@ def test_torch_and_onnxruntime_agree_on_real_mnist_including_maps(tiny_run, tiny
     det = Detector.load(tiny_model)
     x = np.stack([preprocess(im, det.spec.preprocess) for im in images[:200]])
     cfg, nets, _ = load_networks(tiny_run)
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa).use_scoring(det.spec.scoring)
+    model = scoring_model(Path(tiny_run), cfg, nets, head=None).use_scoring(det.spec.scoring)
     ref = torch_outputs(model, x, model.output_names)
     got = det.run(x)
     assert set(ref) == set(det.spec.outputs)
@@ -98,7 +98,7 @@ def test_verdict_fields(detector, mnist_test_images):
     assert v.flagged == v.anomaly_flag
     assert v.generated_score is None and v.generated_flag is None  # no generated head in this model
     assert v.anomaly_map.shape == (16, 16) and v.anomaly_map.min() >= 0
-    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual", "izif_score"}
+    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance"}
     d = v.to_dict()
     assert "anomaly_map" not in d and json.dumps(d)
 
@@ -248,11 +248,12 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
     images = list(mnist_test_images[0][:50])
     det = Detector.load(tiny_model)
     sc = det.spec.scoring
-    assert sc["method"] == "fused" and sc["components"] == ["pixel_residual", "feature_residual", "disc_logit"]
-    assert sc["n_val"] > 0 and all(s > 0 for s in sc["scale"])
+    assert sc["components"] == ["pixel_residual", "feature_residual", "disc_logit", "knn_distance"]
+    assert sc["method"] == "fused" and sc["n_val"] > 0 and all(s > 0 for s in sc["scale"])
     for v in det.detect(images):
         c = v.components
-        t = np.array([np.log(c["pixel_residual"] + 1e-8), np.log(c["feature_residual"] + 1e-8), -c["disc_logit"]])
+        t = np.array([np.log(c["pixel_residual"] + 1e-8), np.log(c["feature_residual"] + 1e-8), -c["disc_logit"],
+                      np.log(c["knn_distance"] + 1e-8)])  # fmt: skip
         expected = float(np.sum(np.array(sc["weight"]) * (t - sc["center"]) / sc["scale"]))
         assert v.anomaly_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
@@ -264,6 +265,22 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
         assert v.anomaly_score == pytest.approx(v.components["izif_score"], rel=1e-6)
     bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--score", "median")
     assert bad.exit_code == 2 and "--score" in bad.stderr
+
+
+def test_knn_distance_is_the_mean_of_the_k_nearest_memory_bank_distances(tiny_run, tiny_model, mnist_test_images):
+    bank_images = np.load(Path(tiny_run) / "memory_bank.npy").astype(np.float32)
+    det = Detector.load(tiny_model)
+    assert det.spec.scoring["memory_bank_size"] == len(bank_images) and det.spec.scoring["knn_k"] == 5
+    queries = np.concatenate([bank_images[:3], np.stack([preprocess(im, det.spec.preprocess) for im in mnist_test_images[0][:5]])])
+    got = det.run(queries)["knn_distance"]
+    _, nets, _ = load_networks(tiny_run)
+    D = nets.D.without_spectral_norm()
+    with torch.no_grad():
+        unit = lambda x: torch.nn.functional.normalize(D(torch.from_numpy(x))[1], dim=1).numpy()  # noqa: E731
+        bank, q = unit(bank_images).astype(np.float16).astype(np.float32), unit(queries)
+    d2 = np.sort(np.maximum(2 - 2 * q @ bank.T, 0), axis=1)[:, :5].mean(1)
+    np.testing.assert_allclose(got, d2, rtol=1e-3, atol=1e-4)
+    assert np.all(got[:3] < np.median(got[3:]))  # a bank image is its own nearest neighbour
 
 
 def test_known_anomalies_calibrate_anomaly_probability(tiny_run, tiny_model, tmp_path, mnist_path, mnist_test_images):

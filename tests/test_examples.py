@@ -95,11 +95,6 @@ def test_default_scan_of_the_demo_flags_anomalies_and_generated_images(default_d
     assert "Heat map" in html and html.count("data:image/png;base64,") >= 2 * n_flagged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of the digits model (models/digits.md, Evaluation): letters reconstruct about as "
-    "well as digits, so the anomaly head passes most of them; remove this marker once the shipped model flags them",
-)
 def test_default_scan_of_the_demo_flags_the_letters(demo_scan):
     _, by_group = demo_scan
     letters = [r for r in by_group["anomalies"] if _is_letter(r["path"])]

@@ -189,12 +189,11 @@ def test_export_writes_one_file_with_the_head_and_its_spec(head_model):
 
 
 def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model, mnist_path):
-    from ganaudit.export import torch_outputs
-    from ganaudit.scoring import ScoringModel
+    from ganaudit.export import scoring_model, torch_outputs
 
     cfg, nets, _ = load_networks(head_run)
     det = Detector.load(head_model)
-    model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=nets.H).eval().use_scoring(det.spec.scoring)
+    model = scoring_model(Path(head_run), cfg, nets, head=nets.H).use_scoring(det.spec.scoring)
     rng = np.random.default_rng(0)
     imgs = [np.kron(im, np.ones((2, 3), np.uint8)) for im in _test_images(mnist_path)[:6]]  # 56x84: larger
     imgs += [rng.integers(0, 256, (40, 40), dtype=np.uint8)] + list(to_uint8(sample(head_run, 3, seed=9)))
