@@ -115,32 +115,32 @@ def train_detector(
 
 def head_cost(work: Path, n: int) -> dict[str, float]:
     """Seconds per step of each phase at the default `ganaudit train` settings (32x32, width 32, batch 64),
-    timed side by side in one process, and the head's share projected for the default 3000 + 2000 steps
-    (+ 600 head steps, the default fifth of --steps)."""
+    timed side by side in one process, and the head's share projected for the default numbers of steps."""
     from ganaudit.datasets import load_dataset
     from ganaudit.train import TrainConfig, train
 
     out, cached = work / "cost", work / f"cost_{n}.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
-    if out.exists():
-        import shutil
+        per_step = json.loads(cached.read_text())
+    else:
+        if out.exists():
+            import shutil
 
-        shutil.rmtree(out)
-    data = load_dataset(str(MNIST), size=32, index_range="0:8000", native_crops=4)
-    cfg = TrainConfig(steps=n, encoder_steps=n, generated_head=True, head_steps=n, checkpoint_every=10**9,
-                      sample_every=10**9)  # fmt: skip
-    per_step: dict[str, float] = {}
-    for phase, stop in (("gan", n), ("encoder", 2 * n), ("head", 3 * n)):
-        t0 = time.perf_counter()
-        train(cfg, data, out, resume=(out / "checkpoints" / "last.pt").is_file(), stop_at=stop, progress=False)
-        per_step[phase] = (time.perf_counter() - t0) / n
+            shutil.rmtree(out)
+        data = load_dataset(str(MNIST), size=32, index_range="0:8000", native_crops=4)
+        cfg = TrainConfig(steps=n, encoder_steps=n, generated_head=True, head_steps=n, checkpoint_every=10**9,
+                          sample_every=10**9)  # fmt: skip
+        per_step = {}
+        for phase, stop in (("gan", n), ("encoder", 2 * n), ("head", 3 * n)):
+            t0 = time.perf_counter()
+            train(cfg, data, out, resume=(out / "checkpoints" / "last.pt").is_file(), stop_at=stop, progress=False)
+            per_step[phase] = (time.perf_counter() - t0) / n
+        cached.write_text(json.dumps(per_step))
     default = TrainConfig(generated_head=True)
     base = default.steps * per_step["gan"] + default.encoder_steps * per_step["encoder"]
-    result = {**{f"s_per_step_{k}": v for k, v in per_step.items()}, "steps_each": n,
-              "projected_default_head_share": default.n_head_steps * per_step["head"] / base}  # fmt: skip
-    cached.write_text(json.dumps(result))
-    return result
+    return {**{f"s_per_step_{k}": v for k, v in per_step.items()}, "steps_each": n,
+            "default_head_steps": default.n_head_steps,
+            "projected_default_head_share": default.n_head_steps * per_step["head"] / base}  # fmt: skip
 
 
 def sample_u8(run_dir: Path, n: int, seed: int) -> list[np.ndarray]:

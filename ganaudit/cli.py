@@ -90,6 +90,13 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed on CPU gives identical weights.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    retrain_head: Annotated[
+        bool,
+        typer.Option(
+            help="Train a new generated-image head (with --head-steps) on the finished GAN and encoder of the run "
+            "in --out, replacing its head; nothing else is retrained."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (cuda if present), cpu or cuda.")] = "auto",
     label: Annotated[Optional[int], typer.Option(help="Keep only images with this label (IDX / sklearn sources).")] = None,
     labels: Annotated[
@@ -117,7 +124,7 @@ def train(
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
     ] = True,
     head_steps: Annotated[
-        Optional[int], typer.Option(help="Generated-head training steps (default: a fifth of --steps).")
+        Optional[int], typer.Option(help="Generated-head training steps (default: twice --steps).")
     ] = None,
     native_crops: Annotated[
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
@@ -131,6 +138,8 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
+    from dataclasses import replace
+
     from .datasets import load_dataset
     from .errors import ConfigError
     from .spec import check_size
@@ -140,8 +149,9 @@ def train(
     check_size(size)
     if channels not in ("auto", "1", "3"):
         raise ConfigError(f"--channels must be 1, 3 or auto, got {channels!r}")
-    if resume and not (out / "checkpoints" / "last.pt").is_file():
-        raise ConfigError(f"--resume: no checkpoint in {out}; start a new run without --resume")
+    for flag, given in (("--resume", resume), ("--retrain-head", retrain_head)):
+        if given and not (out / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
     pick_device(device)
     cfg = TrainConfig(
         size=size, channels=1 if channels == "auto" else int(channels), fit=fit, loss=loss, steps=steps,
@@ -152,7 +162,7 @@ def train(
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
         head_spectral=head_spectral,
     )  # fmt: skip
-    run_cfg = load_config(out) if resume else cfg  # a resumed run keeps its own settings
+    run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
         index_range=index_range, progress=progress,
@@ -161,7 +171,12 @@ def train(
     typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
     options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
     try:
-        run_training(cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress)
+        if retrain_head:
+            cfg = replace(run_cfg, head_steps=head_steps)  # None: the default for the run's GAN steps
+        run_training(
+            cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
+            retrain_head=retrain_head,
+        )  # fmt: skip
     except KeyboardInterrupt:
         raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
     typer.echo(f"run complete: {out}")

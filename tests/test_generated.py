@@ -165,6 +165,33 @@ def test_resume_inside_the_head_phase_is_equivalent_to_a_straight_run(tmp_path):
     assert any(not torch.equal(v, trained.state_dict()[k]) for k, v in a["H"].items())  # the head did train
 
 
+def test_retrain_head_gives_the_head_a_fresh_run_with_those_head_steps_would_have(tmp_path):
+    args = ["sklearn:digits?label=3", "--size", "16", "--width", "8", "--z-dim", "8", "--batch-size", "16",
+            "--steps", "12", "--encoder-steps", "4", "--sample-every", "6", "--checkpoint-every", "6", "--no-progress"]  # fmt: skip
+    for name, head_steps in (("short", "4"), ("long", "9")):
+        res = run_cli("train", *args, "--head-steps", head_steps, "--out", tmp_path / name)
+        assert res.exit_code == 0, res.output
+    before = load_checkpoint(tmp_path / "short")
+    res = run_cli("train", *args, "--out", tmp_path / "short", "--retrain-head", "--head-steps", "9")
+    assert res.exit_code == 0, res.output
+    a, b = load_checkpoint(tmp_path / "short"), load_checkpoint(tmp_path / "long")
+    assert a["step"] == b["step"] == 25 and a["config"]["head_steps"] == 9
+    for net in ("H", "D", "E", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    assert not all(torch.equal(before["H"][k], a["H"][k]) for k in a["H"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 25  # the old head's lines were dropped, none doubled
+
+    no_head = run_cli("train", *args, "--no-generated-head", "--out", tmp_path / "plain")
+    assert no_head.exit_code == 0, no_head.output
+    res = run_cli("train", *args, "--out", tmp_path / "plain", "--retrain-head")
+    assert res.exit_code == 2 and "without the generated-image head" in res.stderr
+    res = run_cli("train", "sklearn:digits?label=4", *args[1:], "--out", tmp_path / "short", "--retrain-head")
+    assert res.exit_code == 2 and "data differs" in res.stderr
+    assert load_checkpoint(tmp_path / "short")["step"] == 25  # refused before anything was rewound
+
+
 def test_head_needs_native_crops_with_a_clear_message(tmp_path):
     data = load_dataset("sklearn:digits?label=3", size=16)  # no native crops kept by default
     cfg = TrainConfig(size=16, width=8, z_dim=8, steps=2, encoder_steps=1, generated_head=True)
