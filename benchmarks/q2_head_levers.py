@@ -1,0 +1,90 @@
+"""Q2 lever study: generated-head training length and augmentation strength, on a development split.
+
+    python benchmarks/q2_head_levers.py --run runs/digits --variants 600,1800,3600,6000 [--augment-prob 0.5]
+
+Each variant copies the finished run RUN (trained on MNIST-t10k index < 8000), retrains only its generated
+head (`ganaudit train --retrain-head`: same G, D and E) with that many head steps, exports it and scores:
+
+- real: the run's 800 held-out validation images (MNIST index < 8000, raw 28 x 28), never trained on;
+- generated: 800 fresh samples of the run's own EMA generator (a latent seed training never used).
+
+No test image (index >= 8000) and no Q2 test generator is used, so the choice made here can be checked on
+Q2 afterwards. Reported: AUROC, accuracy at the shipped threshold vs the best threshold, and the AUROC drop
+under the Q2 perturbations (JPEG 75, blur 1, resize x0.5 and x2), applied to both classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import MNIST
+from q2_generated import PERTURBATIONS, metrics, perturb, sample_u8
+
+import ganaudit.generated as generated
+from ganaudit.datasets import load_dataset, read_idx
+from ganaudit.export import export
+from ganaudit.runtime import Detector
+from ganaudit.train import load_config, train
+
+N_DEV = 800
+
+
+def retrain(run: Path, out: Path, head_steps: int, data) -> Path:
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("samples"))
+    cfg = load_config(out)
+    cfg.head_steps = head_steps
+    train(cfg, data, out, retrain_head=True, progress=False)
+    model = out.with_suffix(".onnx")
+    export(out, model, fpr=0.01, name=out.name)
+    return model
+
+
+def dev_scores(det: Detector, images: list[np.ndarray], kind: str) -> np.ndarray:
+    return np.array([v.generated_score for v in det.detect([perturb(im, kind) for im in images])])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=Path("runs/digits"), help="a finished run with the generated head")
+    ap.add_argument("--index-range", default="0:8000", help="the run's --index-range on MNIST-t10k")
+    ap.add_argument("--variants", default="600,1800,3600,6000", help="head steps to try, comma-separated")
+    ap.add_argument("--augment-prob", type=float, default=generated.AUGMENT_PROB,
+                    help="probability of each training degradation (resize, blur, JPEG)")  # fmt: skip
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ganaudit-q2-levers"))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    generated.AUGMENT_PROB = args.augment_prob
+    cfg = load_config(args.run)
+    data = load_dataset(str(MNIST), size=cfg.size, index_range=args.index_range, native_crops=cfg.native_crops,
+                        progress=False)  # fmt: skip
+    ids = json.loads((args.run / "run.json").read_text())["validation_ids"]
+    source = read_idx(MNIST)
+    reals = [source[int(i.rsplit("[", 1)[1].rstrip("]"))] for i in ids][:N_DEV]  # ids hold source indices
+    fakes = sample_u8(args.run, N_DEV, seed=4242)
+    rows = {}
+    for steps in [int(s) for s in args.variants.split(",")]:
+        name = f"head{steps}-p{args.augment_prob:g}"
+        det = Detector.load(retrain(args.run, args.work / name, steps, data), threads=1)
+        thr = det.thresholds.generated
+        res = {k: metrics(dev_scores(det, reals, k), dev_scores(det, fakes, k), thr) for k in ["clean"] + PERTURBATIONS}
+        rows[name] = res
+        c = res["clean"]
+        drops = " / ".join(f"{c['auroc'] - res[k]['auroc']:.3f}" for k in PERTURBATIONS)
+        print(f"| {steps} | {args.augment_prob:g} | {c['auroc']:.3f} | {c['acc_shipped']:.3f} / {c['acc_best']:.3f} | {drops} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
