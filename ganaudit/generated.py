@@ -7,7 +7,7 @@ Training layer (torch). The head sees images at native scale through the ONE cro
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
   each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls).
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
-  G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.5-2x)
+  G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
   so that format or quality cannot give the answer.
 * :func:`held_out_logits` scores real validation images and fresh fakes that the head never trained on;
   export fits the calibration and the threshold on them.
@@ -33,7 +33,7 @@ SNAPSHOT_DIR = "snapshots"
 N_SNAPSHOTS = 6
 JPEG_QUALITY = (30, 100)
 BLUR_SIGMA = (0.0, 2.0)
-RESIZE_SCALE = (0.5, 2.0)
+RESIZE_SCALE = (0.35, 2.0)  # below 0.5: halved images were the weak spot (docs/benchmarks.md, Q2)
 AUGMENT_PROB = 0.5
 
 
@@ -131,7 +131,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random degradation applied to real and generated images alike: each of resize (0.5-2x, random
+    """Random degradation applied to real and generated images alike: each of resize (0.35-2x, random
     interpolation), Gaussian blur (sigma 0-2) and JPEG (quality 30-100) with probability 1/2, in that order."""
     out = img
     if rng.random() < AUGMENT_PROB:

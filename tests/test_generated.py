@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.generated import GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
+from ganaudit.generated import RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
 from ganaudit.imaging import native_crops, native_regions, preprocess
 from ganaudit.nets import Discriminator
 from ganaudit.runtime import Detector
@@ -108,7 +108,8 @@ def test_augment_changes_quality_and_scale_within_the_documented_ranges():
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 1
         sizes.add(out.shape[0])
         changed += out.shape == img.shape and not np.array_equal(out, img)
-    assert min(sizes) >= 16 and max(sizes) <= 64 and len(sizes) > 5
+    lo, hi = RESIZE_SCALE
+    assert min(sizes) >= round(32 * lo) and max(sizes) <= round(32 * hi) and min(sizes) < 16 and len(sizes) > 5
     assert changed > 20  # blur / JPEG without resizing
 
 
