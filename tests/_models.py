@@ -1,4 +1,5 @@
-"""Model variants for the front-end tests (scan, service), built from the session's tiny detector.
+"""Model variants for the tests: the session's tiny run with the generated-image head (test_generated, scan,
+service), and the tiny anomaly-only detector with its head dropped from the spec.
 
 The tiny detector may or may not carry a generated-image head (training's default decides). The front ends
 must handle both, so their tests use the tiny model as it is *and* a copy that has no generated head.
@@ -46,18 +47,27 @@ HEAD_TRAIN_ARGS = [
 
 
 @pytest.fixture(scope="session")
-def head_model(tmp_path_factory, mnist_path) -> Path:
-    """A tiny detector with both heads (anomaly and generated), trained on MNIST zeros, named ``tiny-head``."""
-    from ganaudit.runtime import Detector
-
+def head_run(tmp_path_factory, mnist_path) -> Path:
+    """A tiny run with both heads (anomaly and generated), trained on MNIST zeros."""
     from .conftest import run_cli
 
     run = tmp_path_factory.mktemp("runs") / "tiny-head"
     res = run_cli("train", mnist_path, "--label", "0", "--index-range", "0:2000", "--out", run, *HEAD_TRAIN_ARGS)
     assert res.exit_code == 0, res.output
+    return run
+
+
+@pytest.fixture(scope="session")
+def head_model(head_run, tmp_path_factory) -> Path:
+    """The tiny run with both heads exported to ONNX, named ``tiny-head``."""
+    from ganaudit.runtime import Detector
+
+    from .conftest import run_cli
+
     path = tmp_path_factory.mktemp("models-head") / "tiny-head.onnx"
-    res = run_cli("export", run, "-o", path, "--name", "tiny-head")
+    res = run_cli("export", head_run, "-o", path, "--name", "tiny-head")
     assert res.exit_code == 0, res.output
+    assert "generated threshold" in res.stdout
     assert Detector.load(path).has_generated_head
     return path
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._models import head_model, head_run, no_head_model  # noqa: F401 - session fixtures, shared by every module
+
 MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 # Small enough to train in a few seconds on 2 cores, real enough to score digits sensibly.

@@ -21,28 +21,7 @@ from ganaudit.train import train as run_training
 
 from .conftest import run_cli
 
-HEAD_ARGS = [
-    "--size", "16", "--width", "8", "--z-dim", "16", "--steps", "80", "--encoder-steps", "40", "--head-steps", "60",
-    "--batch-size", "32", "--sample-every", "40", "--checkpoint-every", "40", "--seed", "0", "--no-progress",
-]  # fmt: skip
 SPEC16 = PreprocessSpec(size=16, channels=1, native_crops=4)
-
-
-@pytest.fixture(scope="module")
-def head_run(tmp_path_factory, mnist_path) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "head"
-    res = run_cli("train", mnist_path, "--label", "0", "--index-range", "0:2000", "--out", out, *HEAD_ARGS)
-    assert res.exit_code == 0, res.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def head_model(head_run, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "head.onnx"
-    res = run_cli("export", head_run, "-o", path, "--name", "head-zeros")
-    assert res.exit_code == 0, res.output
-    assert "generated threshold" in res.stdout
-    return path
 
 
 def _test_images(mnist_path: Path, label: int = 0, n: int = 400) -> list[np.ndarray]:

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ._models import head_model, no_head_model  # noqa: F401 - fixtures
 from .conftest import run_cli
 from ganaudit.report import COLUMNS, ROW_FIELDS
 from ganaudit.runtime import Detector

@@ -38,7 +38,6 @@ from ganaudit.runtime import Detector  # noqa: E402
 from ganaudit.service.app import ServiceSettings, create_app  # noqa: E402
 from ganaudit.service.batcher import BatcherClosed, MicroBatcher  # noqa: E402
 
-from ._models import head_model, no_head_model  # noqa: E402,F401 - fixtures
 from .conftest import run_cli  # noqa: E402
 
 
