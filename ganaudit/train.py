@@ -542,16 +542,21 @@ def prepare_run(
     return train
 
 
-def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict[str, Any]]:
-    """Reload config and checkpoint of an interrupted run and check the data is the same."""
-    ckpt = load_checkpoint(run_dir)
-    cfg = load_config(run_dir)
+def check_same_data(data: Dataset, run_dir: Path) -> None:
+    """Refuse data other than what the run was trained on (by fingerprint)."""
     info = json.loads((run_dir / "run.json").read_text())
     if data.fingerprint() != info["fingerprint"]:
         raise ConfigError(
             f"the data differs from the data {run_dir} was trained on (fingerprint {data.fingerprint()} != "
             f"{info['fingerprint']}): resume with the same DATA and options"
         )
+
+
+def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict[str, Any]]:
+    """Reload config and checkpoint of an interrupted run and check the data is the same."""
+    ckpt = load_checkpoint(run_dir)
+    cfg = load_config(run_dir)
+    check_same_data(data, run_dir)
     train_idx, _ = split_validation(len(data), cfg.val_fraction, cfg.seed)
     truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
     train = data.subset(train_idx)
@@ -601,7 +606,7 @@ def train(
     run_dir = Path(run_dir)
     dev = pick_device(device)
     if retrain_head:
-        resume_run(data, run_dir)  # the same data, checked before anything is rewound
+        check_same_data(data, run_dir)  # before anything is rewound
         reset_head(run_dir, cfg.head_steps)
         resume = True
     if resume:
