@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,3 +24,14 @@ def resolve_model_or_exit(model: str | None) -> Path:
     if not path.is_file():
         sys.exit(f"error: model file not found: {path}")
     return path
+
+
+def train_and_export(train_args: list[str], run: Path, model: Path, name: str) -> tuple[Path, float]:
+    """`ganaudit train TRAIN_ARGS --out RUN` (resumed when RUN has a checkpoint), then `ganaudit export` to
+    MODEL, as a user runs them; nothing is done when MODEL exists. Returns MODEL and the seconds spent."""
+    start = time.perf_counter()
+    if not model.exists():
+        resume = ["--resume"] if (run / "checkpoints" / "last.pt").exists() else []
+        subprocess.run(["ganaudit", "train", *train_args, "--out", str(run), *resume], check=True)
+        subprocess.run(["ganaudit", "export", str(run), "-o", str(model), "--name", name], check=True)
+    return model, time.perf_counter() - start

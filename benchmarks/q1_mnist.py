@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +22,11 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
+from _common import MNIST, train_and_export
 from ganaudit.datasets import read_idx
 from ganaudit.runtime import Detector
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-IMAGES, LABELS = DATA / "t10k-images-idx3-ubyte.gz", DATA / "t10k-labels-idx1-ubyte.gz"
+IMAGES, LABELS = MNIST, MNIST.with_name("t10k-labels-idx1-ubyte.gz")
 SPLIT = 8000
 QUICK_ARGS = ["--steps", "600", "--encoder-steps", "300"]
 
@@ -46,15 +44,9 @@ def baselines(train: np.ndarray, test: np.ndarray, seed: int = 0) -> dict[str, n
     }
 
 
-def train_and_export(label: int, out: Path, extra: list[str]) -> tuple[Path, float]:
-    run, model = out / f"label{label}", out / f"label{label}.onnx"
-    start = time.perf_counter()
-    if not model.exists():
-        cmd = ["ganaudit", "train", str(IMAGES), "--label", str(label), "--index-range", f"0:{SPLIT}", "--out", str(run)]
-        resume = ["--resume"] if (run / "checkpoints" / "last.pt").exists() else []
-        subprocess.run(cmd + resume + extra, check=True)
-        subprocess.run(["ganaudit", "export", str(run), "-o", str(model), "--name", f"mnist-{label}"], check=True)
-    return model, time.perf_counter() - start
+def train_and_export_label(label: int, out: Path, extra: list[str]) -> tuple[Path, float]:
+    args = [str(IMAGES), "--label", str(label), "--index-range", f"0:{SPLIT}", *extra]
+    return train_and_export(args, out / f"label{label}", out / f"label{label}.onnx", f"mnist-{label}")
 
 
 def main() -> int:
@@ -72,7 +64,7 @@ def main() -> int:
     extra = (QUICK_ARGS if args.quick else []) + args.train_args
     rows = []
     for label in [int(s) for s in args.labels.split(",")]:
-        model, seconds = train_and_export(label, args.out, extra)
+        model, seconds = train_and_export_label(label, args.out, extra)
         det = Detector.load(model)
         verdicts = det.detect(list(test_x))
         scores = {"ganaudit": np.array([v.anomaly_score for v in verdicts])}

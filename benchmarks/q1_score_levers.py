@@ -25,10 +25,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from _common import MNIST
-from ganaudit.datasets import read_idx, split_validation
-from ganaudit.export import FUSION_WEIGHTS
+from ganaudit.datasets import read_idx
+from ganaudit.export import FUSION_WEIGHTS, fit_fusion, load_validation, scoring_model
 from ganaudit.imaging import preprocess
-from ganaudit.scoring import KNN_K
+from ganaudit.scoring import fusion_inputs
 from ganaudit.train import load_networks
 
 SPLIT = 8000
@@ -37,47 +37,27 @@ COMPONENTS = ["log pixel", "log feature", "-logit", "log knn"]
 GRID = {"log pixel": (0, 0.5, 1), "log feature": (0, 0.5, 1), "-logit": (0, 0.25, 0.5), "log knn": (0, 1, 2, 4)}
 
 
-def unit(f: np.ndarray) -> np.ndarray:
-    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
-
-
 @torch.no_grad()
-def components(nets, x: np.ndarray, bank: np.ndarray, batch: int = 500) -> np.ndarray:
-    """[N, 4] transformed components, as the exported graph computes them (float32 bank)."""
-    D = nets.D_plain
+def components(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """[N, 4] transformed components, computed by the export's own scoring graph."""
     rows = []
     for i in range(0, len(x), batch):
-        t = torch.from_numpy(x[i : i + batch])
-        rec = nets.G_ema(nets.E(t))
-        logit, f = D(t)
-        _, f_rec = D(rec)
-        pixel = (t - rec).pow(2).flatten(1).mean(1).numpy()
-        feature = (f - f_rec).pow(2).mean(1).numpy()
-        sim = unit(f.numpy()) @ bank.T
-        knn = np.maximum(2 - 2 * -np.sort(-sim, axis=1)[:, :KNN_K], 0).mean(1)
-        rows.append(np.stack([np.log(pixel + 1e-8), np.log(feature + 1e-8), -logit.numpy(), np.log(knn + 1e-8)], 1))
+        _, _, logit, pixel, feature, _, knn = model.anomaly(torch.from_numpy(x[i : i + batch]))
+        rows.append(fusion_inputs(pixel, feature, logit, knn).numpy())
     return np.concatenate(rows)
 
 
 def label_data(run: Path, label: int, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     """(dev z-scores, dev truth, test z-scores, test truth) for one trained Q1 run."""
     cfg, nets, _ = load_networks(run)
-    nets.D_plain = nets.D.without_spectral_norm()
+    model = scoring_model(run, cfg, nets, head=None)  # with the run's memory bank, as export builds it
+    val = load_validation(run)
+    fusion = fit_fusion(model, val)  # the export's centres and scales, fitted on the held-out normal images
     prep = lambda imgs: np.stack([preprocess(im, cfg.preprocess) for im in imgs])  # noqa: E731
-    idx = np.where(labels[:SPLIT] == label)[0]
-    train_idx, val_idx = split_validation(len(idx), cfg.val_fraction, cfg.seed)
-    with torch.no_grad():
-        bank = unit(nets.D_plain(torch.from_numpy(prep(images[idx[train_idx]])))[1].numpy())
     other = rng.choice(np.where(labels[:SPLIT] != label)[0], N_DEV_ANOMALIES, replace=False)
-    val = components(nets, prep(images[idx[val_idx]]), bank)
-    dev = np.concatenate([val, components(nets, prep(images[other]), bank)])
-    test = components(nets, prep(images[SPLIT:]), bank)
-    center = np.median(val, 0)
-    q75, q25 = np.percentile(val, [75, 25], axis=0)
-    scale = np.maximum((q75 - q25) / 1.349, 1e-6)
-    z = lambda a: (a - center) / scale  # noqa: E731
+    z = lambda x: (components(model, x) - fusion["center"]) / fusion["scale"]  # noqa: E731
     dev_truth = np.r_[np.zeros(len(val)), np.ones(len(other))]
-    return z(dev), dev_truth, z(test), (labels[SPLIT:] != label).astype(int)
+    return z(np.concatenate([val, prep(images[other])])), dev_truth, z(prep(images[SPLIT:])), (labels[SPLIT:] != label).astype(int)
 
 
 def main() -> int:

@@ -21,11 +21,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import MNIST
-from q2_generated import PERTURBATIONS, metrics, perturb, sample_u8
+from q2_generated import PERTURBATIONS, metrics, sample_u8, scores
 
 import ganaudit.generated as generated
 from ganaudit.datasets import load_dataset, read_idx
@@ -46,10 +45,6 @@ def retrain(run: Path, out: Path, head_steps: int, data) -> Path:
     model = out.with_suffix(".onnx")
     export(out, model, fpr=0.01, name=out.name)
     return model
-
-
-def dev_scores(det: Detector, images: list[np.ndarray], kind: str) -> np.ndarray:
-    return np.array([v.generated_score for v in det.detect([perturb(im, kind) for im in images])])
 
 
 def main() -> int:
@@ -79,7 +74,7 @@ def main() -> int:
         name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}"
         det = Detector.load(retrain(args.run, args.work / name, steps, data), threads=1)
         thr = det.thresholds.generated
-        res = {k: metrics(dev_scores(det, reals, k), dev_scores(det, fakes, k), thr) for k in ["clean"] + PERTURBATIONS}
+        res = {k: metrics(scores(det, reals, k), scores(det, fakes, k), thr) for k in ["clean"] + PERTURBATIONS}
         rows[name] = res
         c = res["clean"]
         drops = " / ".join(f"{c['auroc'] - res[k]['auroc']:.3f}" for k in PERTURBATIONS)

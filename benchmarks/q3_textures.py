@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -31,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import train_and_export  # noqa: E402
 from ganaudit.report import heat_overlay  # noqa: E402
 from ganaudit.runtime import Detector  # noqa: E402
 
@@ -106,16 +105,11 @@ def write_folder(patches: list[np.ndarray], folder: Path) -> None:
         cv2.imwrite(str(folder / f"{i:05d}.png"), p)
 
 
-def train_and_export(name: str, region: np.ndarray, out: Path, extra: list[str], seed: int) -> tuple[Path, float]:
+def train_and_export_texture(name: str, region: np.ndarray, out: Path, extra: list[str], seed: int) -> tuple[Path, float]:
     run, model, folder = out / name, out / f"{name}.onnx", out / f"{name}-train"
-    start = time.perf_counter()
     if not model.exists():
         write_folder(train_patches(region, N_TRAIN_PATCHES, np.random.default_rng(seed)), folder)
-        cmd = ["ganaudit", "train", str(folder), "--out", str(run), "--size", str(PATCH)]
-        resume = ["--resume"] if (run / "checkpoints" / "last.pt").exists() else []
-        subprocess.run(cmd + resume + extra, check=True)
-        subprocess.run(["ganaudit", "export", str(run), "-o", str(model), "--name", f"texture-{name}"], check=True)
-    return model, time.perf_counter() - start
+    return train_and_export([str(folder), "--size", str(PATCH), *extra], run, model, f"texture-{name}")
 
 
 def make_test_set(region: np.ndarray, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -181,7 +175,7 @@ def main() -> int:
     rows, strips = [], []
     for name in args.textures.split(","):
         train_region, test_region = split_regions(texture(name))
-        model, seconds = train_and_export(name, train_region, args.out, extra, args.seed)
+        model, seconds = train_and_export_texture(name, train_region, args.out, extra, args.seed)
         row, strip = evaluate(name, model, test_region, args.seed + 1)
         row["train_seconds"] = round(seconds, 1)
         rows.append(row)
