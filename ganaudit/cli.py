@@ -221,11 +221,18 @@ def export_cmd(
     score: Annotated[
         str,
         typer.Option(
-            help="Anomaly score: fused (robust z-scores of the D-feature residual, D's realness logit and the "
-            "kNN distance to training images in D's feature space, fitted on held-out normal images) or izif "
-            "(f-AnoGAN's residual score)."
+            help="Anomaly score: fused (weighted robust z-scores of the score components, fitted on held-out "
+            "normal images; see --layout) or izif (f-AnoGAN's residual score)."
         ),
     ] = "fused",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Weights of the fused score: aligned (images share a layout, e.g. centred digits or objects: "
+            "image-level components), stationary (textures and surfaces: the local patch distance), or auto "
+            "(decided from the training images)."
+        ),
+    ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a run to one ONNX detector, verified against torch on the validation images."""
@@ -235,7 +242,8 @@ def export_cmd(
     from .export import export
 
     report = export(
-        run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score
+        run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score,
+        layout=layout,
     )
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -35,9 +35,16 @@ PARITY_RTOL = 1e-4
 MIN_VALIDATION_WARN = 100
 MIN_CALIBRATION_ANOMALIES = 20
 # Weights of the fused score's components (FUSION_TRANSFORMS order: pixel residual, feature residual, D logit,
-# kNN distance), chosen on a dev split of the MNIST training part (index < 8000), never on test images:
-# see docs/benchmarks.md, Q1.
-FUSION_WEIGHTS = (0.0, 1.0, 0.5, 4.0)
+# kNN distance, patch distance) for each layout of the training images, chosen on dev splits (MNIST index
+# < 8000; texture validation patches with pasted defects), never on test images: docs/benchmarks.md, Q1 and Q3.
+FUSION_WEIGHTS = {"aligned": (0.0, 1.0, 0.5, 4.0, 0.0), "stationary": (0.0, 0.0, 0.0, 0.0, 1.0)}
+LAYOUTS = ("auto", *FUSION_WEIGHTS)
+# Alignment statistic below which the training images count as stationary: about 1 for MNIST digits
+# (0.49 for the shipped digits model), under 0.001 for texture patches.
+STATIONARY_BELOW = 0.05
+# anomaly_map = unscaled map / (MAP_SCALE_FACTOR * median patch_distance of the normal validation images):
+# a typical normal image peaks near 0.5, and 1 (the top of the service's heat map PNG) is twice that.
+MAP_SCALE_FACTOR = 2.0
 
 
 @dataclass
@@ -185,6 +192,7 @@ def export(
     allow_partial: bool = False,
     anomalies: str | None = None,
     score: str = "fused",
+    layout: str = "auto",
 ) -> ExportReport:
     """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file.
 
@@ -192,7 +200,9 @@ def export(
     anomalous images: with it, ``anomaly_probability`` is calibrated (Platt scaling) against the
     held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (weighted robust z-scores
     of the components in FUSION_TRANSFORMS, fitted on the validation images) or ``izif`` (f-AnoGAN's
-    pixel + kappa * feature residual).
+    pixel + kappa * feature residual). ``layout`` picks the fused score's weights: ``aligned`` (the images share
+    a layout, e.g. centred digits or objects: image-level components), ``stationary`` (every position looks
+    alike, e.g. textures or surfaces: the local patch distance) or ``auto`` (decided by :func:`alignment`).
     """
     run_dir, output = Path(run_dir), Path(output)
     check_fpr(fpr)
@@ -200,6 +210,8 @@ def export(
         raise ConfigError(f"--quantize must be none or int8, got {quantize!r}")
     if score not in SCORE_METHODS:
         raise ConfigError(f"--score must be one of {', '.join(SCORE_METHODS)}, got {score!r}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     cfg, nets, ckpt = load_networks(run_dir)
     if ckpt["step"] < cfg.total_steps:
         msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"
@@ -214,7 +226,10 @@ def export(
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
     model = scoring_model(run_dir, cfg, nets, head)
-    scoring = fit_fusion(model, val) if score == "fused" else {"method": "izif", "kappa": cfg.kappa}
+    if score == "fused":
+        scoring = fit_fusion(model, val, layout, alignment(train_images(run_dir)))
+    else:
+        scoring = {"method": "izif", "kappa": cfg.kappa, "map_scale": float(model.map_scale)}
     names = model.output_names
     proto = to_onnx(model, val[:2], names, None if val_crops is None else val_crops[:2])
     spec = ModelSpec(
@@ -254,41 +269,72 @@ def export(
     )  # fmt: skip
 
 
-def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None) -> ScoringModel:
-    """The scoring graph of a run (before fusion is fitted), with its memory bank of training images."""
+def train_images(run_dir: Path) -> np.ndarray:
+    """The run's sample of training images (float32), from which export builds the memory and patch banks."""
     path = run_dir / MEMORY_BANK
     if not path.is_file():
         raise ModelFormatError(
             f"{run_dir} has no {MEMORY_BANK} (it was trained by an older ganaudit): add it by running the same "
             "`ganaudit train DATA ... --out RUN --resume` once (no training is repeated), then export again"
         )
+    return np.load(path, allow_pickle=False).astype(np.float32)
+
+
+def alignment(images: np.ndarray) -> float:
+    """How much the images share a layout: the variance over pixels of their mean image, over the mean
+    per-pixel variance. Near 0 when every position looks alike (texture patches), about 1 for centred digits."""
+    per_pixel_var = float(images.var(axis=0).mean())
+    return float(images.mean(axis=0).var()) / max(per_pixel_var, 1e-12)
+
+
+def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None) -> ScoringModel:
+    """The scoring graph of a run (before fusion is fitted): its memory bank and patch bank of training images,
+    and the map scale fitted on its validation images."""
     model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
-    model.set_memory_bank(torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)))
+    images = torch.from_numpy(train_images(run_dir))
+    model.set_memory_bank(images)
+    model.set_patch_bank(images, seed=cfg.seed)
+    val = torch.from_numpy(load_validation(run_dir))
+    with torch.no_grad():
+        peaks = torch.cat([model.patch_map(val[i : i + 256]).flatten(1).amax(1) for i in range(0, len(val), 256)])
+    model.set_map_scale(MAP_SCALE_FACTOR * max(float(peaks.median()), 1e-6))
     return model
 
 
-def fit_fusion(model: ScoringModel, val: np.ndarray, batch: int = 256) -> dict[str, Any]:
-    """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images."""
+def fit_fusion(
+    model: ScoringModel, val: np.ndarray, layout: str = "auto", alignment: float | None = None, batch: int = 256
+) -> dict[str, Any]:
+    """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images;
+    its weights are those of ``layout`` (``auto``: stationary when ``alignment`` < STATIONARY_BELOW)."""
+    if layout == "auto":
+        if alignment is None:
+            raise ValueError("layout='auto' needs the training images' alignment")
+        layout = "stationary" if alignment < STATIONARY_BELOW else "aligned"
+    weights = FUSION_WEIGHTS[layout]
     parts = []
     with torch.no_grad():
         for i in range(0, len(val), batch):
-            _, _, logit, pixel, feature, _, knn = model.anomaly(torch.from_numpy(val[i : i + batch]))
-            parts.append(fusion_inputs(pixel, feature, logit, knn).double().numpy())
+            _, _, logit, pixel, feature, _, knn, patch = model.anomaly(torch.from_numpy(val[i : i + batch]))
+            parts.append(fusion_inputs(pixel, feature, logit, knn, patch).double().numpy())
     t = np.concatenate(parts)
     center = np.median(t, axis=0)
     q75, q25 = np.percentile(t, [75, 25], axis=0)
     scale = np.maximum((q75 - q25) / 1.349, 1e-6)
-    model.set_fusion(center.tolist(), scale.tolist(), list(FUSION_WEIGHTS))
+    model.set_fusion(center.tolist(), scale.tolist(), list(weights))
     return {
         "method": "fused",
         "components": list(FUSION_TRANSFORMS),
         "transforms": list(FUSION_TRANSFORMS.values()),
         "center": center.tolist(),
         "scale": scale.tolist(),
-        "weight": list(FUSION_WEIGHTS),
+        "weight": list(weights),
+        "layout": layout,
+        "alignment": alignment,
         "n_val": int(len(val)),
         "knn_k": KNN_K,
         "memory_bank_size": int(len(model.bank)),
+        "patch_bank_size": int(len(model.patch_bank)),
+        "map_scale": float(model.map_scale),
     }
 
 

@@ -518,7 +518,7 @@ def _flagged_section(data: ReportData) -> str:
         lo, hi = data.map_range
         head += (
             f'<div class="legend">heat map: <span>{_fmt(lo, 3)}</span><span class="ramp"></span>'
-            f"<span>{_fmt(hi, 3)}</span> (per-pixel reconstruction error, one scale for every image)</div>"
+            f"<span>{_fmt(hi, 3)}</span> (anomaly map: how unlike the normal images each region is; one scale for every image)</div>"
         )
     cols = [
         ("#", "num"), ("Image", None), ("Heat map", None), ("Path", "text"), ("Anomaly score", "num"),

@@ -18,6 +18,8 @@ from .thresholds import apply_calibration, check_fpr, percentile, threshold_from
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 ANOMALY, GENERATED = "anomaly", "generated"
+# Largest patch-distance matrix per onnxruntime call (see rows_per_call): 16 images of a 32 px model.
+PATCH_MATRIX_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -93,6 +95,16 @@ def read_spec(session: ort.InferenceSession, origin: str) -> ModelSpec:
     return ModelSpec.from_json(meta[METADATA_KEY])
 
 
+def rows_per_call(spec: ModelSpec, batch_size: int) -> int:
+    """Images per onnxruntime call: ``batch_size``, capped for a model with a patch bank so that its distance
+    matrix (one float per first-stage position and bank entry, per image) stays within PATCH_MATRIX_BYTES."""
+    bank = int(spec.scoring.get("patch_bank_size", 0))
+    if bank == 0:
+        return batch_size
+    positions = (spec.preprocess.size // 2) ** 2
+    return max(1, min(batch_size, PATCH_MATRIX_BYTES // (positions * bank * 4)))
+
+
 class Detector:
     """An exported ganaudit detector running on onnxruntime. Safe to share across threads.
 
@@ -105,7 +117,8 @@ class Detector:
     anomaly_threshold, generated_threshold
         Fixed thresholds on the raw anomaly score and on the generated probability.
     batch_size
-        Images per onnxruntime call.
+        Images per onnxruntime call; fewer for a model with a patch bank, whose [positions x bank] distance
+        matrix grows with the batch (see :func:`rows_per_call`).
     max_pixels
         Images with more pixels are refused before decoding.
     """
@@ -124,6 +137,7 @@ class Detector:
         self.session = session
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
+        self.rows_per_call = rows_per_call(spec, self.batch_size)
         self.max_pixels = int(max_pixels)
         self.output_names = [o.name for o in session.get_outputs()]
         self.input_name = session.get_inputs()[0].name
@@ -234,7 +248,7 @@ class Detector:
             raise ImageDecodeError(f"cannot preprocess this {w}x{h} image: {reason}") from None
 
     def run(self, batch: np.ndarray, crops: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``batch_size``.
+        """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``rows_per_call``.
 
         A model with a generated-image head also takes ``crops`` [N, K, C, S, S] (imaging.native_crops of each
         image); without them each image's ``batch`` tensor stands in for all K crops.
@@ -242,10 +256,11 @@ class Detector:
         if self.uses_crops and crops is None:
             crops = self._tensor_as_crops(batch)
         chunks: list[list[np.ndarray]] = []
-        for i in range(0, len(batch), self.batch_size):
-            feed = {self.input_name: np.ascontiguousarray(batch[i : i + self.batch_size], dtype=np.float32)}
+        step = self.rows_per_call
+        for i in range(0, len(batch), step):
+            feed = {self.input_name: np.ascontiguousarray(batch[i : i + step], dtype=np.float32)}
             if self.uses_crops:
-                part = crops[i : i + self.batch_size]  # type: ignore[index]
+                part = crops[i : i + step]  # type: ignore[index]
                 feed["crops"] = np.ascontiguousarray(part, dtype=np.float32)
             chunks.append(self.session.run(self.output_names, feed))
         return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.output_names)}

@@ -11,22 +11,47 @@ from .nets import Discriminator, Encoder, Generator
 
 ANOMALY_OUTPUTS = [
     "anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance",
+    "patch_distance",
 ]  # fmt: skip
 GENERATED_OUTPUT = "generated_logit"
 # Score fusion: each component, transformed so that higher = more anomalous, in the order of the fusion buffers.
-FUSION_TRANSFORMS = {"pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate", "knn_distance": "log"}
+FUSION_TRANSFORMS = {
+    "pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate", "knn_distance": "log",
+    "patch_distance": "log",
+}  # fmt: skip
 SCORE_METHODS = ("fused", "izif")
 KNN_K = 5
+# Patch memory bank (anomaly map): D's first-stage features, 3x3 average-pooled, of the memory-bank images;
+# a greedy k-center coreset of PATCH_BANK_SIZE among PATCH_CANDIDATES random positions. Chosen on the Q3
+# texture dev split (docs/benchmarks.md), as is the map's smoothing.
+PATCH_BANK_SIZE = 4096
+PATCH_CANDIDATES = 65536
+MAP_SIGMA = 2.0
 
 
-def fusion_inputs(pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor, knn: torch.Tensor) -> torch.Tensor:
-    """[N, 4] transformed components: log pixel residual, log D-feature residual, minus D's realness logit and
-    log kNN distance."""
-    return torch.stack([torch.log(pixel + 1e-8), torch.log(feature + 1e-8), -logit, torch.log(knn + 1e-8)], dim=1)
+def fusion_inputs(
+    pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor, knn: torch.Tensor, patch: torch.Tensor
+) -> torch.Tensor:
+    """[N, 5] transformed components: log pixel residual, log D-feature residual, minus D's realness logit,
+    log kNN distance and log patch distance."""
+    logs = [torch.log(c + 1e-8) for c in (pixel, feature, knn, patch)]
+    return torch.stack([logs[0], logs[1], -logit, logs[2], logs[3]], dim=1)
 
 
 def unit_rows(f: torch.Tensor) -> torch.Tensor:
     return f / (f.norm(dim=1, keepdim=True) + 1e-12)
+
+
+def k_center(points: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of a greedy k-center coreset of ``n`` rows (starting from row 0): each pick is the row farthest
+    from those picked so far, so the coreset covers rare patterns that random sampling misses."""
+    picks = [0]
+    nearest = (points - points[0]).pow(2).sum(1)
+    for _ in range(min(n, len(points)) - 1):
+        i = int(nearest.argmax())
+        picks.append(i)
+        nearest = torch.minimum(nearest, (points - points[i]).pow(2).sum(1))
+    return torch.tensor(picks)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -41,11 +66,13 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class ScoringModel(nn.Module):
     """izi_f scoring (f-AnoGAN) built from a trained E, G and D.
 
-    Outputs, per image: ``anomaly_score``; ``anomaly_map`` [N, 1, H, W] = |x - G(E(x))| averaged over channels
-    and smoothed; the components ``disc_logit`` (D's realness judgement), ``pixel_residual``,
-    ``feature_residual``, ``izif_score`` = pixel residual + kappa * D-feature residual, and ``knn_distance``:
-    the mean squared distance from the image's unit-length D features to those of its ``KNN_K`` nearest
-    images in the memory bank (training images, see :meth:`set_memory_bank`).
+    Outputs, per image: ``anomaly_score``; ``anomaly_map`` [N, 1, H, W]: for each position, the distance from
+    D's local (first-stage, 3x3-pooled) features to the nearest entry of the patch bank, upsampled, smoothed
+    and divided by ``map_scale`` (see :meth:`set_patch_bank`); the components ``disc_logit`` (D's realness
+    judgement), ``pixel_residual``, ``feature_residual``, ``izif_score`` = pixel residual + kappa * D-feature
+    residual, ``knn_distance``: the mean squared distance from the image's unit-length D features to those of
+    its ``KNN_K`` nearest images in the memory bank (training images, see :meth:`set_memory_bank`), and
+    ``patch_distance``: the largest value of the unscaled map.
 
     ``anomaly_score`` is ``izif_score`` until :meth:`set_fusion` is called; then it is the weighted sum of the
     components' robust z-scores (see :func:`fusion_inputs`), with centres and scales fitted on normal images.
@@ -56,7 +83,7 @@ class ScoringModel(nn.Module):
     """
 
     def __init__(
-        self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = 1.0,
+        self, G: Generator, D: Discriminator, E: Encoder, kappa: float, map_sigma: float = MAP_SIGMA,
         head: GeneratedHead | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
@@ -69,6 +96,8 @@ class ScoringModel(nn.Module):
         self.register_buffer("fusion_scale", torch.ones(len(FUSION_TRANSFORMS)))
         self.register_buffer("fusion_weight", torch.zeros(len(FUSION_TRANSFORMS)))
         self.register_buffer("bank", torch.zeros(0, self.D.feature_dim, dtype=torch.float16))
+        self.register_buffer("patch_bank", torch.zeros(0, self.D.trunk[0].out_channels, dtype=torch.float16))
+        self.register_buffer("map_scale", torch.ones(()))
         self.requires_grad_(False)
 
     @torch.no_grad()
@@ -76,6 +105,20 @@ class ScoringModel(nn.Module):
         """Store the unit-length D features of ``images`` (normal training images), as float16 to halve the file."""
         feats = [unit_rows(self.D(images[i : i + batch])[1]) for i in range(0, len(images), batch)]
         self.bank = torch.cat(feats).to(torch.float16)
+
+    @torch.no_grad()
+    def set_patch_bank(self, images: torch.Tensor, seed: int = 0, batch: int = 256) -> None:
+        """Store a k-center coreset of the local D features of ``images`` (normal training images), float16."""
+        feats = [self.local_features(images[i : i + batch]) for i in range(0, len(images), batch)]
+        f = torch.cat(feats)
+        rows = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        g = torch.Generator().manual_seed(seed)
+        rows = rows[torch.randperm(len(rows), generator=g)[:PATCH_CANDIDATES]]
+        self.patch_bank = rows[k_center(rows, PATCH_BANK_SIZE)].to(torch.float16)
+
+    def set_map_scale(self, value: float) -> None:
+        """``anomaly_map`` = unscaled map / ``value``."""
+        self.map_scale.fill_(float(value))
 
     def set_fusion(self, center: list[float], scale: list[float], weight: list[float]) -> None:
         """Make ``anomaly_score`` = sum(weight * (fusion_inputs - center) / scale)."""
@@ -85,6 +128,8 @@ class ScoringModel(nn.Module):
 
     def use_scoring(self, scoring: dict) -> "ScoringModel":
         """Apply an exported spec's ``scoring`` entry, to rebuild exactly the graph that was exported."""
+        if "map_scale" in scoring:
+            self.set_map_scale(scoring["map_scale"])
         if scoring.get("method") == "fused":
             self.set_fusion(scoring["center"], scoring["scale"], scoring["weight"])
         return self
@@ -115,19 +160,37 @@ class ScoringModel(nn.Module):
         # Distances recomputed from the differences: 2 - 2 cos cancels badly for near neighbours.
         return (u[:, None, :] - bank[nearest]).pow(2).sum(2).mean(1)
 
+    def local_features(self, image: torch.Tensor) -> torch.Tensor:
+        """D's first stride-2 stage (conv + activation), 3x3 average-pooled: [N, C, H/2, W/2]."""
+        return F.avg_pool2d(self.D.trunk[:2](image), 3, 1, 1)
+
+    def patch_map(self, image: torch.Tensor) -> torch.Tensor:
+        """Unscaled anomaly map [N, 1, H, W]: distance of each position's local features to the patch bank."""
+        if len(self.patch_bank) == 0:
+            raise ValueError("the scoring graph has no patch bank: call set_patch_bank(training images) first")
+        f = self.local_features(image)
+        n, c, h, w = f.shape
+        q, bank = f.permute(0, 2, 3, 1).reshape(-1, c), self.patch_bank.float()
+        # One Gemm (-2 q.b + |b|^2): its output is the largest tensor of the graph, so no second copy of it.
+        nearest = torch.addmm(bank.pow(2).sum(1), q, bank.T, alpha=-2.0).argmin(1)
+        # The distance is recomputed from the difference, as in knn_distance.
+        d = (q - bank[nearest]).pow(2).sum(1).sqrt().reshape(n, 1, h, w)
+        up = F.interpolate(d, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        pad = self.kernel.shape[-1] // 2
+        return F.conv2d(F.pad(up, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+
     def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rec = self.G(self.E(image))
         logit, f_x = self.D(image)
         _, f_rec = self.D(rec)
         pixel = (image - rec).pow(2).flatten(1).mean(1)
         feature = (f_x - f_rec).pow(2).mean(1)
-        residual = (image - rec).abs().mean(1, keepdim=True)
-        pad = self.kernel.shape[-1] // 2
-        amap = F.conv2d(F.pad(residual, (pad, pad, pad, pad), mode="replicate"), self.kernel)
+        raw_map = self.patch_map(image)
+        patch = raw_map.flatten(1).amax(1)
         izif = pixel + self.kappa * feature
         knn = self.knn_distance(f_x)
         score = izif
         if self.fused:
-            z = (fusion_inputs(pixel, feature, logit, knn) - self.fusion_center) / self.fusion_scale
+            z = (fusion_inputs(pixel, feature, logit, knn, patch) - self.fusion_center) / self.fusion_scale
             score = (z * self.fusion_weight).sum(1)
-        return score, amap, logit, pixel, feature, izif, knn
+        return score, raw_map / self.map_scale, logit, pixel, feature, izif, knn, patch

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -22,7 +23,7 @@ def test_models_lists_the_shipped_default():
 
     models = shipped_models()
     assert DEFAULT_MODEL in models, "the default model must ship in ganaudit/models/"
-    # about 5 MB of networks + the float16 kNN memory bank (at most 4,096 x 2,048 values, 17 MB)
+    # about 5 MB of networks + the float16 kNN memory bank (at most 4,096 x 2,048 values, 17 MB) + patch bank
     assert models[DEFAULT_MODEL].stat().st_size < 24_000_000, "keep shipped models small"
     det = Detector.load(models[DEFAULT_MODEL])
 
@@ -101,3 +102,18 @@ def test_every_shipped_model_has_a_model_card_in_the_docs():
                         "## Limits", "## Ethical considerations"):  # fmt: skip
             assert section in text, f"models/{name}.md lacks {section!r}"
         assert f'--8<-- "models/{name}.md"' in page, f"docs/models.md does not include models/{name}.md"
+
+
+def test_the_shipped_patch_bank_model_splits_a_batch_into_bounded_calls_with_the_same_results(mnist_test_images):
+    from ganaudit import Detector
+    from ganaudit.imaging import preprocess
+    from ganaudit.models import DEFAULT_MODEL, shipped_models
+
+    det = Detector.load(shipped_models()[DEFAULT_MODEL])
+    assert det.spec.scoring["patch_bank_size"] == 4096 and det.spec.preprocess.size == 32
+    assert det.batch_size == 64 and det.rows_per_call == 16  # 16 x 256 positions x 4,096 floats = 64 MiB
+    x = np.stack([preprocess(im, det.spec.preprocess) for im in mnist_test_images[0][:40]])
+    whole = det.run(x)
+    one_by_one = [det.run(x[i : i + 1]) for i in range(len(x))]
+    for name in ("anomaly_score", "patch_distance", "generated_logit"):
+        np.testing.assert_allclose(whole[name], np.concatenate([o[name] for o in one_by_one]), rtol=1e-5, atol=1e-6)

@@ -18,8 +18,9 @@ import torch
 
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
-from ganaudit.export import scoring_model, torch_outputs
+from ganaudit.export import FUSION_WEIGHTS, STATIONARY_BELOW, alignment, scoring_model, torch_outputs
 from ganaudit.imaging import preprocess
+from ganaudit.scoring import k_center
 from ganaudit.spec import METADATA_KEY
 from ganaudit.train import load_networks
 
@@ -98,7 +99,9 @@ def test_verdict_fields(detector, mnist_test_images):
     assert v.flagged == v.anomaly_flag
     assert v.generated_score is None and v.generated_flag is None  # no generated head in this model
     assert v.anomaly_map.shape == (16, 16) and v.anomaly_map.min() >= 0
-    assert set(v.components) == {"disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance"}
+    assert set(v.components) == {
+        "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance", "patch_distance",
+    }  # fmt: skip
     d = v.to_dict()
     assert "anomaly_map" not in d and json.dumps(d)
 
@@ -248,12 +251,12 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
     images = list(mnist_test_images[0][:50])
     det = Detector.load(tiny_model)
     sc = det.spec.scoring
-    assert sc["components"] == ["pixel_residual", "feature_residual", "disc_logit", "knn_distance"]
+    assert sc["components"] == ["pixel_residual", "feature_residual", "disc_logit", "knn_distance", "patch_distance"]
     assert sc["method"] == "fused" and sc["n_val"] > 0 and all(s > 0 for s in sc["scale"])
     for v in det.detect(images):
         c = v.components
         t = np.array([np.log(c["pixel_residual"] + 1e-8), np.log(c["feature_residual"] + 1e-8), -c["disc_logit"],
-                      np.log(c["knn_distance"] + 1e-8)])  # fmt: skip
+                      np.log(c["knn_distance"] + 1e-8), np.log(c["patch_distance"] + 1e-8)])  # fmt: skip
         expected = float(np.sum(np.array(sc["weight"]) * (t - sc["center"]) / sc["scale"]))
         assert v.anomaly_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
@@ -281,6 +284,56 @@ def test_knn_distance_is_the_mean_of_the_k_nearest_memory_bank_distances(tiny_ru
     d2 = np.sort(np.maximum(2 - 2 * q @ bank.T, 0), axis=1)[:, :5].mean(1)
     np.testing.assert_allclose(got, d2, rtol=1e-3, atol=1e-4)
     assert np.all(got[:3] < np.median(got[3:]))  # a bank image is its own nearest neighbour
+
+
+def test_anomaly_map_locates_a_pasted_square_and_patch_distance_is_its_unscaled_peak(tiny_model, mnist_test_images):
+    det = Detector.load(tiny_model)
+    sc = det.spec.scoring
+    assert sc["patch_bank_size"] > 0 and sc["map_scale"] > 0
+    digits = [im.copy() for im in mnist_test_images[0][:8]]
+    for im in digits[4:]:
+        im[1:9, 1:9] = 255  # a bright square in the top-left corner, where digits never have ink
+    out = det.run(np.stack([preprocess(im, det.spec.preprocess) for im in digits]))
+    maps = out["anomaly_map"][:, 0]
+    np.testing.assert_allclose(out["patch_distance"], maps.reshape(8, -1).max(1) * sc["map_scale"], rtol=1e-4)
+    assert out["patch_distance"][4:].min() > out["patch_distance"][:4].max()
+    size = det.spec.preprocess.size
+    for m in maps[4:]:
+        y, x = np.unravel_index(m.argmax(), m.shape)
+        assert y < size // 2 and x < size // 2  # the peak is in the square's quarter
+
+
+def test_export_picks_the_fusion_weights_by_layout_and_layout_can_be_forced(tiny_run, tiny_model, tmp_path, mnist_test_images):
+    sc = Detector.load(tiny_model).spec.scoring
+    assert sc["layout"] == "aligned" and sc["alignment"] > STATIONARY_BELOW  # digits share a layout
+    assert sc["weight"] == list(FUSION_WEIGHTS["aligned"])
+
+    res = run_cli("export", tiny_run, "-o", tmp_path / "s.onnx", "--layout", "stationary")
+    assert res.exit_code == 0, res.output
+    det = Detector.load(tmp_path / "s.onnx")
+    st = det.spec.scoring
+    assert st["layout"] == "stationary" and st["weight"] == list(FUSION_WEIGHTS["stationary"])
+    for v in det.detect(list(mnist_test_images[0][:10])):  # the patch distance alone, as a robust z-score
+        z = (np.log(v.components["patch_distance"] + 1e-8) - st["center"][4]) / st["scale"][4]
+        assert v.anomaly_score == pytest.approx(z, rel=1e-3, abs=1e-3)
+
+    bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--layout", "diagonal")
+    assert bad.exit_code == 2 and "--layout" in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_alignment_separates_centred_shapes_from_texture_crops():
+    rng = np.random.default_rng(0)
+    surface = cv2.GaussianBlur(rng.uniform(-1, 1, (256, 256)).astype(np.float32), (0, 0), 2)
+    crops = np.stack([surface[y : y + 16, x : x + 16] for y, x in rng.integers(0, 240, (300, 2))])
+    yy, xx = np.mgrid[:16, :16]
+    blobs = np.stack([np.exp(-((yy - 8 + dy) ** 2 + (xx - 8 + dx) ** 2) / 12.0) for dy, dx in rng.normal(0, 1, (300, 2))])
+    assert alignment(crops[:, None]) < STATIONARY_BELOW < alignment(blobs[:, None])
+
+
+def test_k_center_picks_the_farthest_point_each_time():
+    points = torch.tensor([[0.0], [1.0], [10.0], [4.0], [9.0]])
+    assert k_center(points, 3).tolist() == [0, 2, 3]
+    assert k_center(points, 99).tolist() == [0, 2, 3, 1, 4]
 
 
 def test_known_anomalies_calibrate_anomaly_probability(tiny_run, tiny_model, tmp_path, mnist_path, mnist_test_images):

@@ -129,7 +129,7 @@ def _finite(x: Any) -> Any:
 
 
 def heatmap_png(anomaly_map: np.ndarray) -> bytes:
-    """The anomaly map as a color PNG: inferno colormap, residual 0 -> black, >= 1 -> yellow."""
+    """The anomaly map as a color PNG: inferno colormap, 0 -> black, >= 1 -> yellow."""
     u8 = np.clip(np.nan_to_num(np.asarray(anomaly_map, np.float32)) * 255.0, 0, 255).astype(np.uint8)
     bgr = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)
     return encode_png(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
