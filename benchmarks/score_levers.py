@@ -33,9 +33,8 @@ from sklearn.metrics import roc_auc_score
 from _common import MNIST
 from q3_textures import DEFECTS, make_test_set, paste_defect, split_regions, texture
 from ganaudit.datasets import read_idx
-from ganaudit.export import FUSION_WEIGHTS, fit_fusion, load_validation, scoring_model
-from ganaudit.imaging import preprocess
-from ganaudit.scoring import fusion_inputs
+from ganaudit.export import FUSION_WEIGHTS, fit_fusion, fusion_table, load_validation, scoring_model
+from ganaudit.imaging import preprocess_batch
 from ganaudit.train import load_networks
 
 SPLIT = 8000
@@ -48,29 +47,19 @@ GRID = {
 Q3_TEST_SEED = 1  # q3_textures.py's test set (its --seed 0, plus one)
 
 
-@torch.no_grad()
-def components(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    """[N, 5] transformed components, computed by the export's own scoring graph."""
-    rows = []
-    for i in range(0, len(x), batch):
-        _, _, logit, pixel, feature, _, knn, patch = model.anomaly(torch.from_numpy(x[i : i + batch]))
-        rows.append(fusion_inputs(pixel, feature, logit, knn, patch).numpy())
-    return np.concatenate(rows)
-
-
 def z_scorer(run: Path):
     """(run config, its held-out validation images, images -> robust z-scores of the components)."""
     cfg, nets, _ = load_networks(run)
     model = scoring_model(run, cfg, nets, head=None)  # with the run's banks, as export builds it
     val = load_validation(run)
     fusion = fit_fusion(model, val, layout="aligned")  # the export's centres and scales (weights unused here), fitted on the held-out normal images
-    return cfg, val, lambda x: (components(model, x) - fusion["center"]) / fusion["scale"]
+    return cfg, val, lambda x: (fusion_table(model, x) - fusion["center"]) / fusion["scale"]
 
 
 def label_data(run: Path, label: int, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     """(dev z-scores, dev truth, test z-scores, test truth) for one trained Q1 run."""
     cfg, val, z = z_scorer(run)
-    prep = lambda imgs: np.stack([preprocess(im, cfg.preprocess) for im in imgs])  # noqa: E731
+    prep = lambda imgs: preprocess_batch(imgs, cfg.preprocess)  # noqa: E731
     other = rng.choice(np.where(labels[:SPLIT] != label)[0], N_DEV_ANOMALIES, replace=False)
     dev_truth = np.r_[np.zeros(len(val)), np.ones(len(other))]
     return z(np.concatenate([val, prep(images[other])])), dev_truth, z(prep(images[SPLIT:])), (labels[SPLIT:] != label).astype(int)
@@ -81,7 +70,7 @@ def texture_data(run: Path, name: str, rng: np.random.Generator):
     cfg, val, z = z_scorer(run)
     normal = np.clip(np.round((val[:, 0] + 1) * 127.5), 0, 255).astype(np.uint8)
     defective = [paste_defect(p, DEFECTS[i % len(DEFECTS)], rng)[0] for i, p in enumerate(normal)]
-    prep = lambda imgs: np.stack([preprocess(im, cfg.preprocess) for im in imgs])  # noqa: E731
+    prep = lambda imgs: preprocess_batch(imgs, cfg.preprocess)  # noqa: E731
     patches, truth, _ = make_test_set(split_regions(texture(name))[1], Q3_TEST_SEED)
     dev_truth = np.r_[np.zeros(len(val)), np.ones(len(val))]
     return z(np.concatenate([val, prep(defective)])), dev_truth, z(prep(patches)), truth

@@ -228,7 +228,7 @@ def export_cmd(
     layout: Annotated[
         str,
         typer.Option(
-            help="Weights of the fused score: aligned (images share a layout, e.g. centred digits or objects: "
+            help="Weights of the fused score (not with --score izif): aligned (images share a layout, e.g. centred digits or objects: "
             "image-level components), stationary (textures and surfaces: the local patch distance), or auto "
             "(decided from the training images)."
         ),
@@ -250,9 +250,10 @@ def export_cmd(
         return
     worst = max(report.parity_max_error.values())
     generated = "" if report.generated_threshold is None else f"; generated threshold {report.generated_threshold:.5g}"
+    layout = "" if report.layout is None else f"; {report.layout} layout"
     typer.echo(
         f"wrote {report.path} (model {report.name!r}; parity max error {worst:.1e} on {report.n_validation} "
-        f"validation images; anomaly threshold {report.anomaly_threshold:.5g}{generated})"
+        f"validation images; anomaly threshold {report.anomaly_threshold:.5g}{layout}{generated})"
     )
     if report.anomaly_calibration:
         cal = report.anomaly_calibration

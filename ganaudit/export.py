@@ -22,7 +22,7 @@ from .generated import PoolSources, crops_of, fake_pool, load_snapshots
 from .imaging import preprocess, regions_to_input
 from .datasets import load_dataset
 from .errors import ConfigError, ModelFormatError
-from .runtime import Detector
+from .runtime import Detector, rows_per_call
 from .scoring import FUSION_TRANSFORMS, KNN_K, SCORE_METHODS, ScoringModel, fusion_inputs
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
@@ -34,13 +34,14 @@ OPSET = 17
 PARITY_RTOL = 1e-4
 MIN_VALIDATION_WARN = 100
 MIN_CALIBRATION_ANOMALIES = 20
+CALIB_BATCHES_HELD = 4
 # Weights of the fused score's components (FUSION_TRANSFORMS order: pixel residual, feature residual, D logit,
 # kNN distance, patch distance) for each layout of the training images, chosen on dev splits (MNIST index
 # < 8000; texture validation patches with pasted defects), never on test images: docs/benchmarks.md, Q1 and Q3.
 FUSION_WEIGHTS = {"aligned": (0.0, 1.0, 0.5, 4.0, 0.0), "stationary": (0.0, 0.0, 0.0, 0.0, 1.0)}
 LAYOUTS = ("auto", *FUSION_WEIGHTS)
 # Alignment statistic below which the training images count as stationary: about 1 for MNIST digits
-# (0.49 for the shipped digits model), under 0.001 for texture patches.
+# (0.49 for the shipped digits model), under 0.0001 for texture patches.
 STATIONARY_BELOW = 0.05
 # anomaly_map = unscaled map / (MAP_SCALE_FACTOR * median patch_distance of the normal validation images):
 # a typical normal image peaks near 0.5, and 1 (the top of the service's heat map PNG) is twice that.
@@ -61,6 +62,7 @@ class ExportReport:
     generated_threshold: float | None = None
     generated_calibration: dict[str, Any] | None = None
     anomaly_calibration: dict[str, Any] | None = None
+    layout: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,17 +155,19 @@ def with_spec(proto: onnx.ModelProto, spec: ModelSpec) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(fp32: bytes, val: np.ndarray, val_crops: np.ndarray | None = None) -> bytes:
-    """Static int8 quantization (QDQ), calibrated on the validation images (and their native crops)."""
+def quantize_int8(fp32: bytes, val: np.ndarray, val_crops: np.ndarray | None = None, rows: int = 32) -> bytes:
+    """Static int8 quantization (QDQ), calibrated on the validation images (and their native crops), ``rows``
+    images per call; the calibrator reduces its collected outputs every CALIB_BATCHES_HELD calls, so memory
+    does not grow with the number of validation images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             feeds = []
-            for i in range(0, len(val), 32):
-                feed = {"image": val[i : i + 32]}
+            for i in range(0, len(val), rows):
+                feed = {"image": val[i : i + rows]}
                 if val_crops is not None:
-                    feed["crops"] = val_crops[i : i + 32]
+                    feed["crops"] = val_crops[i : i + rows]
                 feeds.append(feed)
             self.batches = iter(feeds)
 
@@ -178,6 +182,7 @@ def quantize_int8(fp32: bytes, val: np.ndarray, val_crops: np.ndarray | None = N
         quantize_static(
             str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            extra_options={"CalibMaxIntermediateOutputs": CALIB_BATCHES_HELD},
         )  # fmt: skip
         return dst.read_bytes()
 
@@ -212,6 +217,8 @@ def export(
         raise ConfigError(f"--score must be one of {', '.join(SCORE_METHODS)}, got {score!r}")
     if layout not in LAYOUTS:
         raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout != "auto" and score != "fused":
+        raise ConfigError("--layout sets the weights of the fused score: it cannot be combined with --score izif")
     cfg, nets, ckpt = load_networks(run_dir)
     if ckpt["step"] < cfg.total_steps:
         msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"
@@ -229,7 +236,7 @@ def export(
     if score == "fused":
         scoring = fit_fusion(model, val, layout, alignment(train_images(run_dir)))
     else:
-        scoring = {"method": "izif", "kappa": cfg.kappa, "map_scale": float(model.map_scale)}
+        scoring = {"method": "izif", "kappa": cfg.kappa, **graph_facts(model)}
     names = model.output_names
     proto = to_onnx(model, val[:2], names, None if val_crops is None else val_crops[:2])
     spec = ModelSpec(
@@ -244,7 +251,7 @@ def export(
     fp32 = with_spec(proto, spec)
     expected = torch_outputs(model, val, names, crops=val_crops)
     parity = check_parity(expected, Detector.load(fp32).run(val, val_crops))
-    final = fp32 if quantize == "none" else quantize_int8(fp32, val, val_crops)
+    final = fp32 if quantize == "none" else quantize_int8(fp32, val, val_crops, rows_per_call(spec, 32))
     scores = Detector.load(final).run(val, val_crops)
     drift: dict[str, float] = {}
     if quantize == "int8":
@@ -265,7 +272,7 @@ def export(
         anomaly_threshold=spec.thresholds["anomaly"].value, quantize=quantize, int8_drift=drift,
         generated_threshold=None if gen_thr is None else gen_thr.value,
         generated_calibration=spec.calibration.get("generated"),
-        anomaly_calibration=spec.calibration.get("anomaly"),
+        anomaly_calibration=spec.calibration.get("anomaly"), layout=spec.scoring.get("layout"),
     )  # fmt: skip
 
 
@@ -281,10 +288,13 @@ def train_images(run_dir: Path) -> np.ndarray:
 
 
 def alignment(images: np.ndarray) -> float:
-    """How much the images share a layout: the variance over pixels of their mean image, over the mean
-    per-pixel variance. Near 0 when every position looks alike (texture patches), about 1 for centred digits."""
+    """How much images [N, C, H, W] share a layout: the variance over positions of their mean image (per
+    channel, so colour is not layout), over the mean per-pixel variance, less 1/N (what the mean image of N
+    stationary images varies by chance). Near 0 when every position looks alike (texture patches), 0.5-1.4
+    for centred digits."""
     per_pixel_var = float(images.var(axis=0).mean())
-    return float(images.mean(axis=0).var()) / max(per_pixel_var, 1e-12)
+    spatial_var = float(images.mean(axis=0).var(axis=(-2, -1)).mean())
+    return max(spatial_var / max(per_pixel_var, 1e-12) - 1.0 / len(images), 0.0)
 
 
 def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None) -> ScoringModel:
@@ -302,21 +312,17 @@ def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | No
 
 
 def fit_fusion(
-    model: ScoringModel, val: np.ndarray, layout: str = "auto", alignment: float | None = None, batch: int = 256
+    model: ScoringModel, val: np.ndarray, layout: str = "auto", aligned_by: float | None = None, batch: int = 256
 ) -> dict[str, Any]:
     """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images;
-    its weights are those of ``layout`` (``auto``: stationary when ``alignment`` < STATIONARY_BELOW)."""
+    its weights are those of ``layout`` (``auto``: stationary when the training images' alignment
+    ``aligned_by`` is below STATIONARY_BELOW)."""
     if layout == "auto":
-        if alignment is None:
+        if aligned_by is None:
             raise ValueError("layout='auto' needs the training images' alignment")
-        layout = "stationary" if alignment < STATIONARY_BELOW else "aligned"
+        layout = "stationary" if aligned_by < STATIONARY_BELOW else "aligned"
     weights = FUSION_WEIGHTS[layout]
-    parts = []
-    with torch.no_grad():
-        for i in range(0, len(val), batch):
-            _, _, logit, pixel, feature, _, knn, patch = model.anomaly(torch.from_numpy(val[i : i + batch]))
-            parts.append(fusion_inputs(pixel, feature, logit, knn, patch).double().numpy())
-    t = np.concatenate(parts)
+    t = fusion_table(model, val, batch)
     center = np.median(t, axis=0)
     q75, q25 = np.percentile(t, [75, 25], axis=0)
     scale = np.maximum((q75 - q25) / 1.349, 1e-6)
@@ -329,8 +335,25 @@ def fit_fusion(
         "scale": scale.tolist(),
         "weight": list(weights),
         "layout": layout,
-        "alignment": alignment,
+        "alignment": aligned_by,
         "n_val": int(len(val)),
+        **graph_facts(model),
+    }
+
+
+def fusion_table(model: ScoringModel, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """[N, 5] float64: the fused score's transformed components (fusion_inputs) of images ``x``."""
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            _, _, logit, pixel, feature, _, knn, patch = model.anomaly(torch.from_numpy(x[i : i + batch]))
+            parts.append(fusion_inputs(pixel, feature, logit, knn, patch).double().numpy())
+    return np.concatenate(parts)
+
+
+def graph_facts(model: ScoringModel) -> dict[str, Any]:
+    """What the spec records of the graph's banks and map (the runtime sizes its calls from patch_bank_size)."""
+    return {
         "knn_k": KNN_K,
         "memory_bank_size": int(len(model.bank)),
         "patch_bank_size": int(len(model.patch_bank)),

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ModelFormatError
 from .generated import GeneratedHead
 from .nets import Discriminator, Encoder, Generator
+from .runtime import PATCH_MATRIX_BYTES
 
 ANOMALY_OUTPUTS = [
     "anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance",
@@ -49,9 +51,22 @@ def k_center(points: torch.Tensor, n: int) -> torch.Tensor:
     nearest = (points - points[0]).pow(2).sum(1)
     for _ in range(min(n, len(points)) - 1):
         i = int(nearest.argmax())
+        if nearest[i] == 0:  # every row is a copy of a pick: fewer distinct patterns than n
+            break
         picks.append(i)
         nearest = torch.minimum(nearest, (points - points[i]).pow(2).sum(1))
     return torch.tensor(picks)
+
+
+def nearest_rows(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Index of each query row's nearest bank row, from one Gemm (|b|^2 - 2 q.b; its output is the graph's
+    largest tensor, so no second copy of it). Run eagerly, it goes PATCH_MATRIX_BYTES of that matrix at a time,
+    as the runtime does by splitting batches; exported, it is one Gemm over the whole batch."""
+    sq = bank.pow(2).sum(1)
+    if torch.onnx.is_in_onnx_export():
+        return torch.addmm(sq, q, bank.T, alpha=-2.0).argmin(1)
+    step = max(1, PATCH_MATRIX_BYTES // (4 * len(bank)))
+    return torch.cat([torch.addmm(sq, q[i : i + step], bank.T, alpha=-2.0).argmin(1) for i in range(0, len(q), step)])
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -108,12 +123,19 @@ class ScoringModel(nn.Module):
 
     @torch.no_grad()
     def set_patch_bank(self, images: torch.Tensor, seed: int = 0, batch: int = 256) -> None:
-        """Store a k-center coreset of the local D features of ``images`` (normal training images), float16."""
-        feats = [self.local_features(images[i : i + batch]) for i in range(0, len(images), batch)]
-        f = torch.cat(feats)
-        rows = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        """Store a k-center coreset of the local D features of ``images`` (normal training images), float16.
+
+        The candidates are PATCH_CANDIDATES random positions of all images; features are computed a batch at a
+        time and only the candidates kept, so memory does not grow with the number of images."""
+        probe = self.local_features(images[:1])
+        c, per_image = probe.shape[1], probe.shape[2] * probe.shape[3]
         g = torch.Generator().manual_seed(seed)
-        rows = rows[torch.randperm(len(rows), generator=g)[:PATCH_CANDIDATES]]
+        chosen = torch.randperm(len(images) * per_image, generator=g)[:PATCH_CANDIDATES]
+        rows = torch.empty(len(chosen), c)
+        for start in range(0, len(images), batch):
+            f = self.local_features(images[start : start + batch])
+            here = (chosen >= start * per_image) & (chosen < (start + len(f)) * per_image)
+            rows[here] = f.permute(0, 2, 3, 1).reshape(-1, c)[chosen[here] - start * per_image]
         self.patch_bank = rows[k_center(rows, PATCH_BANK_SIZE)].to(torch.float16)
 
     def set_map_scale(self, value: float) -> None:
@@ -128,6 +150,11 @@ class ScoringModel(nn.Module):
 
     def use_scoring(self, scoring: dict) -> "ScoringModel":
         """Apply an exported spec's ``scoring`` entry, to rebuild exactly the graph that was exported."""
+        if scoring.get("method") == "fused" and len(scoring["weight"]) != len(FUSION_TRANSFORMS):
+            raise ModelFormatError(
+                f"this spec fuses {len(scoring['weight'])} components, this ganaudit {len(FUSION_TRANSFORMS)}: "
+                "it was exported before the patch bank; export the run again"
+            )
         if "map_scale" in scoring:
             self.set_map_scale(scoring["map_scale"])
         if scoring.get("method") == "fused":
@@ -171,8 +198,7 @@ class ScoringModel(nn.Module):
         f = self.local_features(image)
         n, c, h, w = f.shape
         q, bank = f.permute(0, 2, 3, 1).reshape(-1, c), self.patch_bank.float()
-        # One Gemm (-2 q.b + |b|^2): its output is the largest tensor of the graph, so no second copy of it.
-        nearest = torch.addmm(bank.pow(2).sum(1), q, bank.T, alpha=-2.0).argmin(1)
+        nearest = nearest_rows(q, bank)
         # The distance is recomputed from the difference, as in knn_distance.
         d = (q - bank[nearest]).pow(2).sum(1).sqrt().reshape(n, 1, h, w)
         up = F.interpolate(d, size=image.shape[-2:], mode="bilinear", align_corners=False)

@@ -113,7 +113,10 @@ def test_the_shipped_patch_bank_model_splits_a_batch_into_bounded_calls_with_the
     assert det.spec.scoring["patch_bank_size"] == 4096 and det.spec.preprocess.size == 32
     assert det.batch_size == 64 and det.rows_per_call == 16  # 16 x 256 positions x 4,096 floats = 64 MiB
     x = np.stack([preprocess(im, det.spec.preprocess) for im in mnist_test_images[0][:40]])
+    calls, run = [], det.session.run
+    det.session.run = lambda names, feed: calls.append(len(feed["image"])) or run(names, feed)
     whole = det.run(x)
+    assert calls == [16, 16, 8]
     one_by_one = [det.run(x[i : i + 1]) for i in range(len(x))]
     for name in ("anomaly_score", "patch_distance", "generated_logit"):
         np.testing.assert_allclose(whole[name], np.concatenate([o[name] for o in one_by_one]), rtol=1e-5, atol=1e-6)

@@ -264,6 +264,7 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
     assert res.exit_code == 0, res.output
     izif = Detector.load(tmp_path / "izif.onnx")
     assert izif.spec.scoring["method"] == "izif"
+    assert izif.spec.scoring["patch_bank_size"] == sc["patch_bank_size"] > 0  # the runtime sizes its calls from it
     for v in izif.detect(images):
         assert v.anomaly_score == pytest.approx(v.components["izif_score"], rel=1e-6)
     bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--score", "median")
@@ -319,6 +320,8 @@ def test_export_picks_the_fusion_weights_by_layout_and_layout_can_be_forced(tiny
 
     bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--layout", "diagonal")
     assert bad.exit_code == 2 and "--layout" in bad.stderr and not (tmp_path / "x.onnx").exists()
+    bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--layout", "aligned", "--score", "izif")
+    assert bad.exit_code == 2 and "--layout" in bad.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_alignment_separates_centred_shapes_from_texture_crops():
@@ -328,12 +331,17 @@ def test_alignment_separates_centred_shapes_from_texture_crops():
     yy, xx = np.mgrid[:16, :16]
     blobs = np.stack([np.exp(-((yy - 8 + dy) ** 2 + (xx - 8 + dx) ** 2) / 12.0) for dy, dx in rng.normal(0, 1, (300, 2))])
     assert alignment(crops[:, None]) < STATIONARY_BELOW < alignment(blobs[:, None])
+    tinted = np.stack([crops * 0.3 - 0.5, crops * 0.3, crops * 0.3 + 0.5], axis=1)  # a colour texture
+    assert alignment(tinted) < STATIONARY_BELOW  # colour differences between channels are not layout
+    assert alignment(crops[:20, None]) < STATIONARY_BELOW  # nor is the chance spread of a small mean image
 
 
 def test_k_center_picks_the_farthest_point_each_time():
     points = torch.tensor([[0.0], [1.0], [10.0], [4.0], [9.0]])
     assert k_center(points, 3).tolist() == [0, 2, 3]
     assert k_center(points, 99).tolist() == [0, 2, 3, 1, 4]
+    copies = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    assert k_center(copies, 4).tolist() == [0, 1]  # no pick repeats a row already covered
 
 
 def test_known_anomalies_calibrate_anomaly_probability(tiny_run, tiny_model, tmp_path, mnist_path, mnist_test_images):

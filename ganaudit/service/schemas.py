@@ -96,7 +96,7 @@ class DetectResult(BaseModel):
     anomaly_map: Optional[str] = Field(
         None,
         description="With include_map=true: base64 PNG heat map at model resolution (inferno colormap, "
-        "residual 0 = black to >= 1 = yellow, in [-1, 1] pixel units).",
+        "0 = black to >= 1 = yellow, where 1 is twice the peak of a typical normal image's map).",
     )
 
 
