@@ -187,7 +187,7 @@ def train(
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("grid.png"),
+    output: Annotated[Path, typer.Option("--output", "--out", "-o", help="PNG file to write.")] = Path("grid.png"),
     seed: Annotated[int, typer.Option(help="Random seed for the latent vectors.")] = 0,
 ) -> None:
     """Write a grid of images drawn from a run's (EMA) generator."""
@@ -206,7 +206,7 @@ def sample(
 @friendly_errors
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished training run directory.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")] = Path("detector.onnx"),
+    output: Annotated[Path, typer.Option("--output", "--out", "-o", help="The .onnx file to write.")] = Path("detector.onnx"),
     fpr: Annotated[float, typer.Option(help="Target false-positive rate on normal images for the stored threshold.")] = 0.01,
     name: Annotated[Optional[str], typer.Option(help="Model name stored in the file (default: the run folder name).")] = None,
     quantize: Annotated[str, typer.Option(help="none, or int8 (static, calibrated on validation images).")] = "none",

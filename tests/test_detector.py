@@ -309,7 +309,7 @@ def test_export_picks_the_fusion_weights_by_layout_and_layout_can_be_forced(tiny
     assert sc["layout"] == "aligned" and sc["alignment"] > STATIONARY_BELOW  # digits share a layout
     assert sc["weight"] == list(FUSION_WEIGHTS["aligned"])
 
-    res = run_cli("export", tiny_run, "-o", tmp_path / "s.onnx", "--layout", "stationary")
+    res = run_cli("export", tiny_run, "--out", tmp_path / "s.onnx", "--layout", "stationary")  # --out as in train and scan
     assert res.exit_code == 0, res.output
     det = Detector.load(tmp_path / "s.onnx")
     st = det.spec.scoring
