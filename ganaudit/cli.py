@@ -287,6 +287,7 @@ def info(
         + (f"; generated head: {p.native_crops} native-scale crops per image" if "crops" in spec.inputs else ""),
         f"heads:         {', '.join(spec.heads)}",
         f"outputs:       {', '.join(spec.outputs)}",
+        f"anomaly score: {_describe_scoring(spec.scoring)}",
     ]
     for head, t in spec.thresholds.items():
         lines.append(f"threshold:     {head} > {t.value:.6g} (FPR {t.fpr} on {t.n_val} normal validation images)")
@@ -294,6 +295,18 @@ def info(
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
     typer.echo("\n".join(lines))
+
+
+def _describe_scoring(scoring: dict) -> str:
+    method = scoring.get("method", "izif")
+    if method != "fused":
+        return f"{method} (f-AnoGAN's pixel + kappa x feature residual)"
+    if "layout" not in scoring:
+        return "fused (exported before layouts)"
+    shown = {"log": "log {}", "negate": "-{}"}
+    terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
+    weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
+    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + " + ".join(weighted)
 
 
 # Front ends live in their own modules and register their commands here.

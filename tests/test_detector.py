@@ -207,6 +207,7 @@ def test_info_prints_the_spec(tiny_model):
     res = run_cli("info", tiny_model)
     assert res.exit_code == 0
     assert "tiny-zeros" in res.stdout and "threshold:" in res.stdout and "1 x 16 x 16" in res.stdout
+    assert "anomaly score: fused, aligned layout" in res.stdout and "4 z(log knn_distance)" in res.stdout
     js = json.loads(run_cli("info", tiny_model, "--json").stdout)
     assert js["name"] == "tiny-zeros" and len(js["spec_hash"]) == 16
 
