@@ -124,7 +124,7 @@ def train(
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
     ] = True,
     head_steps: Annotated[
-        Optional[int], typer.Option(help="Generated-head training steps (default: twice --steps).")
+        Optional[int], typer.Option(help="Generated-head training steps (default: four times --steps).")
     ] = None,
     native_crops: Annotated[
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")

@@ -8,7 +8,7 @@
 # Images with index >= 8000 are the benchmark test split (shared/BENCHMARKS.md, Q1/Q2): the model never
 # sees them, and examples/images/normal/ is drawn from them.
 # One thread on CPU: the same settings and seed give the same weights on any machine. About an hour on a
-# shared 2-core machine (3,000 GAN, 2,000 encoder and 6,000 head steps). Afterwards, copy the printed numbers
+# shared 2-core machine (3,000 GAN, 2,000 encoder and 12,000 head steps). Afterwards, copy the printed numbers
 # into models/digits.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
