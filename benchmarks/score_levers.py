@@ -50,9 +50,9 @@ Q3_TEST_SEED = 1  # q3_textures.py's test set (its --seed 0, plus one)
 def z_scorer(run: Path):
     """(run config, its held-out validation images, images -> robust z-scores of the components)."""
     cfg, nets, _ = load_networks(run)
-    model = scoring_model(run, cfg, nets, head=None)  # with the run's banks, as export builds it
     val = load_validation(run)
-    fusion = fit_fusion(model, val, layout="aligned")  # the export's centres and scales (weights unused here), fitted on the held-out normal images
+    model = scoring_model(run, cfg, nets, head=None, val=val)  # with the run's banks, as export builds it
+    fusion = fit_fusion(model, val, layout="aligned")  # export's centres and scales (its weights unused here)
     return cfg, val, lambda x: (fusion_table(model, x) - fusion["center"]) / fusion["scale"]
 
 

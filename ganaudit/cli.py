@@ -228,8 +228,8 @@ def export_cmd(
     layout: Annotated[
         str,
         typer.Option(
-            help="Weights of the fused score (not with --score izif): aligned (images share a layout, e.g. centred digits or objects: "
-            "image-level components), stationary (textures and surfaces: the local patch distance), or auto "
+            help="Weights of the fused score (not with --score izif): aligned (images share a layout, e.g. "
+            "centred digits or objects: image-level components), stationary (textures and surfaces: the local patch distance), or auto "
             "(decided from the training images)."
         ),
     ] = "auto",

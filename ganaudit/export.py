@@ -232,9 +232,10 @@ def export(
     if cfg.generated_head and head is None:
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
-    model = scoring_model(run_dir, cfg, nets, head)
+    images = train_images(run_dir)
+    model = scoring_model(run_dir, cfg, nets, head, images=images, val=val)
     if score == "fused":
-        scoring = fit_fusion(model, val, layout, alignment(train_images(run_dir)))
+        scoring = fit_fusion(model, val, layout, alignment(images))
     else:
         scoring = {"method": "izif", "kappa": cfg.kappa, **graph_facts(model)}
     names = model.output_names
@@ -297,16 +298,20 @@ def alignment(images: np.ndarray) -> float:
     return max(spatial_var / max(per_pixel_var, 1e-12) - 1.0 / len(images), 0.0)
 
 
-def scoring_model(run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None) -> ScoringModel:
+def scoring_model(
+    run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None, *,
+    images: np.ndarray | None = None, val: np.ndarray | None = None,
+) -> ScoringModel:  # fmt: skip
     """The scoring graph of a run (before fusion is fitted): its memory bank and patch bank of training images,
-    and the map scale fitted on its validation images."""
+    and the map scale fitted on its validation images. ``images`` and ``val``, when the caller has already
+    loaded them, are the run's train_images and load_validation."""
     model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
-    images = torch.from_numpy(train_images(run_dir))
-    model.set_memory_bank(images)
-    model.set_patch_bank(images, seed=cfg.seed)
-    val = torch.from_numpy(load_validation(run_dir))
+    bank_images = torch.from_numpy(train_images(run_dir) if images is None else images)
+    model.set_memory_bank(bank_images)
+    model.set_patch_bank(bank_images, seed=cfg.seed)
+    normal = torch.from_numpy(load_validation(run_dir) if val is None else val)
     with torch.no_grad():
-        peaks = torch.cat([model.patch_map(val[i : i + 256]).flatten(1).amax(1) for i in range(0, len(val), 256)])
+        peaks = torch.cat([model.patch_map(normal[i : i + 256]).flatten(1).amax(1) for i in range(0, len(normal), 256)])
     model.set_map_scale(MAP_SCALE_FACTOR * max(float(peaks.median()), 1e-6))
     return model
 

@@ -106,13 +106,13 @@ def test_every_shipped_model_has_a_model_card_in_the_docs():
 
 def test_the_shipped_patch_bank_model_splits_a_batch_into_bounded_calls_with_the_same_results(mnist_test_images):
     from ganaudit import Detector
-    from ganaudit.imaging import preprocess
+    from ganaudit.imaging import preprocess_batch
     from ganaudit.models import DEFAULT_MODEL, shipped_models
 
     det = Detector.load(shipped_models()[DEFAULT_MODEL])
     assert det.spec.scoring["patch_bank_size"] == 4096 and det.spec.preprocess.size == 32
     assert det.batch_size == 64 and det.rows_per_call == 16  # 16 x 256 positions x 4,096 floats = 64 MiB
-    x = np.stack([preprocess(im, det.spec.preprocess) for im in mnist_test_images[0][:40]])
+    x = preprocess_batch(mnist_test_images[0][:40], det.spec.preprocess)
     calls, run = [], det.session.run
     det.session.run = lambda names, feed: calls.append(len(feed["image"])) or run(names, feed)
     whole = det.run(x)

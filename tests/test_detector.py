@@ -19,7 +19,7 @@ import torch
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
 from ganaudit.export import FUSION_WEIGHTS, STATIONARY_BELOW, alignment, scoring_model, torch_outputs
-from ganaudit.imaging import preprocess
+from ganaudit.imaging import preprocess, preprocess_batch
 from ganaudit.scoring import k_center
 from ganaudit.spec import METADATA_KEY
 from ganaudit.train import load_networks
@@ -295,7 +295,7 @@ def test_anomaly_map_locates_a_pasted_square_and_patch_distance_is_its_unscaled_
     digits = [im.copy() for im in mnist_test_images[0][:8]]
     for im in digits[4:]:
         im[1:9, 1:9] = 255  # a bright square in the top-left corner, where digits never have ink
-    out = det.run(np.stack([preprocess(im, det.spec.preprocess) for im in digits]))
+    out = det.run(preprocess_batch(digits, det.spec.preprocess))
     maps = out["anomaly_map"][:, 0]
     np.testing.assert_allclose(out["patch_distance"], maps.reshape(8, -1).max(1) * sc["map_scale"], rtol=1e-4)
     assert out["patch_distance"][4:].min() > out["patch_distance"][:4].max()
