@@ -115,6 +115,14 @@ def train(
     lr_e: Annotated[float, typer.Option(help="Encoder learning rate.")] = 5e-4,
     ema: Annotated[float, typer.Option(help="EMA decay of the generator copy used for scoring.")] = 0.999,
     kappa: Annotated[float, typer.Option(help="Weight of the D-feature residual in izi_f.")] = 1.0,
+    rotation: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Weight of D's self-supervised rotation task (which way is up; its score joins the anomaly "
+            "score). Default: 1, or 0 (off) when the images look alike at every position, e.g. textures."
+        ),
+    ] = None,
+    rotation_g: Annotated[float, typer.Option(help="Weight of the rotation task in G's loss.")] = 0.2,
     r1: Annotated[float, typer.Option(help="R1 penalty weight (0 = off).")] = 0.0,
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
     spectral_norm: Annotated[bool, typer.Option(help="Spectral normalisation in D.")] = True,
@@ -157,7 +165,8 @@ def train(
         size=size, channels=1 if channels == "auto" else int(channels), fit=fit, loss=loss, steps=steps,
         encoder_steps=encoder_steps, batch_size=batch_size, seed=seed, z_dim=z_dim, width=width, lr_g=lr_g,
         lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
-        minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa,
+        minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa, rotation=rotation,
+        rotation_g=rotation_g,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
         head_spectral=head_spectral,

@@ -23,8 +23,9 @@ from .imaging import preprocess, regions_to_input
 from .datasets import load_dataset
 from .errors import ConfigError, ModelFormatError
 from .runtime import Detector, rows_per_call
-from .scoring import FUSION_TRANSFORMS, KNN_K, SCORE_METHODS, ScoringModel, fusion_inputs
+from .scoring import COMPONENTS, KNN_K, LAYOUT_NAMES, SCORE_METHODS, ScoringModel, fusion_inputs
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
+from .layout import STATIONARY_BELOW, alignment, is_stationary
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
 from .train import MEMORY_BANK, load_networks
 
@@ -35,14 +36,9 @@ PARITY_RTOL = 1e-4
 MIN_VALIDATION_WARN = 100
 MIN_CALIBRATION_ANOMALIES = 20
 CALIB_BATCHES_HELD = 4
-# Weights of the fused score's components (FUSION_TRANSFORMS order: pixel residual, feature residual, D logit,
-# kNN distance, patch distance) for each layout of the training images, chosen on dev splits (MNIST index
-# < 8000; texture validation patches with pasted defects), never on test images: docs/benchmarks.md, Q1 and Q3.
-FUSION_WEIGHTS = {"aligned": (0.0, 1.0, 0.5, 4.0, 0.0), "stationary": (0.0, 0.0, 0.0, 0.0, 1.0)}
-LAYOUTS = ("auto", *FUSION_WEIGHTS)
-# Alignment statistic below which the training images count as stationary: about 1 for MNIST digits
-# (0.49 for the shipped digits model), under 0.0001 for texture patches.
-STATIONARY_BELOW = 0.05
+# Weights of the fused score's components (scoring.COMPONENTS order) for each layout of the training images.
+FUSION_WEIGHTS = {layout: tuple(c.weights[layout] for c in COMPONENTS) for layout in LAYOUT_NAMES}
+LAYOUTS = ("auto", *LAYOUT_NAMES)
 # anomaly_map = unscaled map / (MAP_SCALE_FACTOR * median patch_distance of the normal validation images):
 # a typical normal image peaks near 0.5, and 1 (the top of the service's heat map PNG) is twice that.
 MAP_SCALE_FACTOR = 2.0
@@ -204,7 +200,7 @@ def export(
     ``anomalies`` (a data source as for training: folder, IDX file or ``sklearn:digits?label=N``) holds known
     anomalous images: with it, ``anomaly_probability`` is calibrated (Platt scaling) against the
     held-out normal validation images. ``score`` picks the anomaly score: ``fused`` (weighted robust z-scores
-    of the components in FUSION_TRANSFORMS, fitted on the validation images) or ``izif`` (f-AnoGAN's
+    of the components in scoring.COMPONENTS, fitted on the validation images) or ``izif`` (f-AnoGAN's
     pixel + kappa * feature residual). ``layout`` picks the fused score's weights: ``aligned`` (the images share
     a layout, e.g. centred digits or objects: image-level components), ``stationary`` (every position looks
     alike, e.g. textures or surfaces: the local patch distance) or ``auto`` (decided by :func:`alignment`).
@@ -288,16 +284,6 @@ def train_images(run_dir: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False).astype(np.float32)
 
 
-def alignment(images: np.ndarray) -> float:
-    """How much images [N, C, H, W] share a layout: the variance over positions of their mean image (per
-    channel, so colour is not layout), over the mean per-pixel variance, less 1/N (what the mean image of N
-    stationary images varies by chance). Near 0 when every position looks alike (texture patches), 0.5-1.4
-    for centred digits."""
-    per_pixel_var = float(images.var(axis=0).mean())
-    spatial_var = float(images.mean(axis=0).var(axis=(-2, -1)).mean())
-    return max(spatial_var / max(per_pixel_var, 1e-12) - 1.0 / len(images), 0.0)
-
-
 def scoring_model(
     run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None, *,
     images: np.ndarray | None = None, val: np.ndarray | None = None,
@@ -325,20 +311,20 @@ def fit_fusion(
     if layout == "auto":
         if aligned_by is None:
             raise ValueError("layout='auto' needs the training images' alignment")
-        layout = "stationary" if aligned_by < STATIONARY_BELOW else "aligned"
-    weights = FUSION_WEIGHTS[layout]
+        layout = "stationary" if is_stationary(aligned_by) else "aligned"
+    weights = [c.weights[layout] for c in model.components]
     t = fusion_table(model, val, batch)
     center = np.median(t, axis=0)
     q75, q25 = np.percentile(t, [75, 25], axis=0)
     scale = np.maximum((q75 - q25) / 1.349, 1e-6)
-    model.set_fusion(center.tolist(), scale.tolist(), list(weights))
+    model.set_fusion(center.tolist(), scale.tolist(), weights)
     return {
         "method": "fused",
-        "components": list(FUSION_TRANSFORMS),
-        "transforms": list(FUSION_TRANSFORMS.values()),
+        "components": [c.name for c in model.components],
+        "transforms": [c.transform for c in model.components],
         "center": center.tolist(),
         "scale": scale.tolist(),
-        "weight": list(weights),
+        "weight": weights,
         "layout": layout,
         "alignment": aligned_by,
         "n_val": int(len(val)),
@@ -347,12 +333,12 @@ def fit_fusion(
 
 
 def fusion_table(model: ScoringModel, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """[N, 5] float64: the fused score's transformed components (fusion_inputs) of images ``x``."""
+    """[N, n components] float64: the fused score's transformed components (fusion_inputs) of images ``x``."""
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            _, _, logit, pixel, feature, _, knn, patch = model.anomaly(torch.from_numpy(x[i : i + batch]))
-            parts.append(fusion_inputs(pixel, feature, logit, knn, patch).double().numpy())
+            raw, _ = model.raw_components(torch.from_numpy(x[i : i + batch]))
+            parts.append(fusion_inputs(raw, model.components).double().numpy())
     return np.concatenate(parts)
 
 

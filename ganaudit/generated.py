@@ -99,7 +99,7 @@ class GeneratedHead(nn.Module):
     def from_discriminator(cls, D: Discriminator, spectral: bool = True) -> "GeneratedHead":
         """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D."""
         was_training = D.training
-        plain = D.without_spectral_norm()
+        plain = D.without_spectral_norm(rotation=False)
         D.train(was_training)
         return cls(plain.requires_grad_(True), D.init_args["size"], spectral)
 

@@ -12,6 +12,20 @@ from torch.nn.utils.parametrizations import spectral_norm as _sn
 from .spec import check_size
 
 
+ROTATIONS = (0, 90, 180, 270)
+
+
+def rotate4(x: torch.Tensor) -> torch.Tensor:
+    """[4N, C, H, W]: ``x`` turned by 0, 90, 180 and 270 degrees (as ``torch.rot90``), in that order; flips and
+    transposes only, which export to ONNX exactly."""
+    return torch.cat([x, x.flip(3).transpose(2, 3), x.flip(2).flip(3), x.transpose(2, 3).flip(3)])
+
+
+def rotation_targets(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """The class of each row of ``rotate4`` of an ``n``-image batch."""
+    return torch.arange(len(ROTATIONS), device=device).repeat_interleave(n)
+
+
 def _n_blocks(size: int) -> int:
     """Number of stride-2 stages between a 4x4 map and ``size``."""
     return int(math.log2(check_size(size))) - 2
@@ -93,9 +107,10 @@ class Discriminator(nn.Module):
         width: int = 64,
         spectral_norm: bool = True,
         minibatch_std: bool = True,
+        rotation: bool = False,
     ) -> None:
         super().__init__()
-        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std)
+        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std, rotation=rotation)
         self.trunk, c = _down_trunk(size, channels, width, spectral_norm, norm=False)
         self.feature_dim = c * 16
         wrap = _sn if spectral_norm else (lambda m: m)
@@ -106,25 +121,45 @@ class Discriminator(nn.Module):
             nn.Flatten(),
             wrap(nn.Linear(c * 16, 1)),
         )
+        # Self-supervised auxiliary task (SS-GAN): which of 4 rotations an image was turned by, from its features.
+        self.rotation_head = wrap(nn.Linear(c * 16, len(ROTATIONS))) if rotation else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
-        features = h.flatten(1)
+        return self.judge(h), h.flatten(1)
+
+    def judge(self, h: torch.Tensor) -> torch.Tensor:
+        """The realness logit [N] from trunk activations (the minibatch-std channel sees only these rows)."""
         if self.mbstd is not None:
             h = self.mbstd(h)
-        return self.head(h).squeeze(1), features
+        return self.head(h).squeeze(1)
 
+    def rotation_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, 4] logits of the rotation each image was turned by (see :func:`rotate4`)."""
+        if self.rotation_head is None:
+            raise ValueError("this discriminator was built without the rotation task (rotation=False)")
+        return self.rotation_head(features)
 
-    def without_spectral_norm(self) -> "Discriminator":
-        """An equivalent plain copy (eval mode) with the spectral-normalised weights folded in, for export."""
+    def with_rotations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One trunk pass over ``x`` and its three turned copies: (realness logit of ``x`` [N],
+        rotation logits [4N, 4] in :func:`rotate4` order)."""
+        h = self.trunk(rotate4(x))
+        return self.judge(h.unflatten(0, (len(ROTATIONS), -1))[0]), self.rotation_logits(h.flatten(1))
+
+    def without_spectral_norm(self, rotation: bool = True) -> "Discriminator":
+        """An equivalent plain copy (eval mode) with the spectral-normalised weights folded in, for export.
+        ``rotation=False`` leaves the rotation head out."""
         self.eval()
+        keep_rotation = rotation and self.rotation_head is not None
         state = {k: v for k, v in self.state_dict().items() if ".parametrizations." not in k}
         with torch.no_grad():
             for name, sub in self.named_modules():
                 if parametrize.is_parametrized(sub):
                     for tensor_name in sub.parametrizations:
                         state[f"{name}.{tensor_name}"] = getattr(sub, tensor_name).detach().clone()
-        plain = Discriminator(**self.init_args, spectral_norm=False)
+        if not keep_rotation:
+            state = {k: v for k, v in state.items() if not k.startswith("rotation_head.")}
+        plain = Discriminator(**{**self.init_args, "rotation": keep_rotation}, spectral_norm=False)
         plain.load_state_dict(state)
         return plain.eval()
 

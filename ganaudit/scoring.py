@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelFormatError
 from .generated import GeneratedHead
-from .nets import Discriminator, Encoder, Generator
+from .nets import ROTATIONS, Discriminator, Encoder, Generator
 from .runtime import PATCH_MATRIX_BYTES
 
-ANOMALY_OUTPUTS = [
-    "anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance",
-    "patch_distance",
-]  # fmt: skip
+
+@dataclass(frozen=True)
+class Component:
+    """One score component of the fused anomaly score: its graph output, the transform that makes higher mean
+    more anomalous (``log`` or ``negate``), and its weight for each layout of the training images (chosen on dev
+    splits, never on test images: docs/benchmarks.md, Q1, Q3 and Q4)."""
+
+    name: str
+    transform: str
+    weights: dict[str, float]
+    needs: str | None = None  # the part of D the component needs ("rotation": the rotation head)
+
+
+# The one table of score components: graph outputs, fusion inputs, weights, the spec and `info` derive from it.
+COMPONENTS = (
+    Component("pixel_residual", "log", {"aligned": 0.0, "stationary": 0.0}),
+    Component("feature_residual", "log", {"aligned": 1.0, "stationary": 0.0}),
+    Component("disc_logit", "negate", {"aligned": 0.5, "stationary": 0.0}),
+    Component("knn_distance", "log", {"aligned": 4.0, "stationary": 0.0}),
+    Component("patch_distance", "log", {"aligned": 0.0, "stationary": 1.0}),
+    Component("rotation_score", "log", {"aligned": 0.0, "stationary": 0.0}, needs="rotation"),
+)
+LAYOUT_NAMES = ("aligned", "stationary")
+# Graph outputs: the score and map, then the raw components (izif_score is f-AnoGAN's score, not fused).
+BASE_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score",
+                "knn_distance", "patch_distance"]  # fmt: skip
 GENERATED_OUTPUT = "generated_logit"
-# Score fusion: each component, transformed so that higher = more anomalous, in the order of the fusion buffers.
-FUSION_TRANSFORMS = {
-    "pixel_residual": "log", "feature_residual": "log", "disc_logit": "negate", "knn_distance": "log",
-    "patch_distance": "log",
-}  # fmt: skip
 SCORE_METHODS = ("fused", "izif")
 KNN_K = 5
 # Patch memory bank (anomaly map): D's first-stage features, 3x3 average-pooled, of the memory-bank images;
@@ -31,13 +50,15 @@ PATCH_CANDIDATES = 65536
 MAP_SIGMA = 2.0
 
 
-def fusion_inputs(
-    pixel: torch.Tensor, feature: torch.Tensor, logit: torch.Tensor, knn: torch.Tensor, patch: torch.Tensor
-) -> torch.Tensor:
-    """[N, 5] transformed components: log pixel residual, log D-feature residual, minus D's realness logit,
-    log kNN distance and log patch distance."""
-    logs = [torch.log(c + 1e-8) for c in (pixel, feature, knn, patch)]
-    return torch.stack([logs[0], logs[1], -logit, logs[2], logs[3]], dim=1)
+def components_of(has_rotation: bool) -> tuple[Component, ...]:
+    """The components a graph has: all, less those whose part of D it lacks."""
+    return tuple(c for c in COMPONENTS if c.needs is None or (c.needs == "rotation" and has_rotation))
+
+
+def fusion_inputs(raw: dict[str, torch.Tensor], components: tuple[Component, ...]) -> torch.Tensor:
+    """[N, len(components)]: each raw component transformed so that higher = more anomalous."""
+    cols = [torch.log(raw[c.name] + 1e-8) if c.transform == "log" else -raw[c.name] for c in components]
+    return torch.stack(cols, dim=1)
 
 
 def unit_rows(f: torch.Tensor) -> torch.Tensor:
@@ -79,15 +100,16 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 class ScoringModel(nn.Module):
-    """izi_f scoring (f-AnoGAN) built from a trained E, G and D.
+    """The detector graph built from a trained E, G and D (and the generated-image head).
 
     Outputs, per image: ``anomaly_score``; ``anomaly_map`` [N, 1, H, W]: for each position, the distance from
     D's local (first-stage, 3x3-pooled) features to the nearest entry of the patch bank, upsampled, smoothed
     and divided by ``map_scale`` (see :meth:`set_patch_bank`); the components ``disc_logit`` (D's realness
     judgement), ``pixel_residual``, ``feature_residual``, ``izif_score`` = pixel residual + kappa * D-feature
     residual, ``knn_distance``: the mean squared distance from the image's unit-length D features to those of
-    its ``KNN_K`` nearest images in the memory bank (training images, see :meth:`set_memory_bank`), and
-    ``patch_distance``: the largest value of the unscaled map.
+    its ``KNN_K`` nearest images in the memory bank (training images, see :meth:`set_memory_bank`),
+    ``patch_distance``: the largest value of the unscaled map, and, when D was trained with the rotation task,
+    ``rotation_score`` (see :meth:`rotation_score`).
 
     ``anomaly_score`` is ``izif_score`` until :meth:`set_fusion` is called; then it is the weighted sum of the
     components' robust z-scores (see :func:`fusion_inputs`), with centres and scales fitted on normal images.
@@ -107,9 +129,10 @@ class ScoringModel(nn.Module):
         self.kappa = float(kappa)
         self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
         self.fused = False
-        self.register_buffer("fusion_center", torch.zeros(len(FUSION_TRANSFORMS)))
-        self.register_buffer("fusion_scale", torch.ones(len(FUSION_TRANSFORMS)))
-        self.register_buffer("fusion_weight", torch.zeros(len(FUSION_TRANSFORMS)))
+        self.components = components_of(self.D.rotation_head is not None)
+        self.register_buffer("fusion_center", torch.zeros(len(self.components)))
+        self.register_buffer("fusion_scale", torch.ones(len(self.components)))
+        self.register_buffer("fusion_weight", torch.zeros(len(self.components)))
         self.register_buffer("bank", torch.zeros(0, self.D.feature_dim, dtype=torch.float16))
         self.register_buffer("patch_bank", torch.zeros(0, self.D.trunk[0].out_channels, dtype=torch.float16))
         self.register_buffer("map_scale", torch.ones(()))
@@ -150,10 +173,11 @@ class ScoringModel(nn.Module):
 
     def use_scoring(self, scoring: dict) -> "ScoringModel":
         """Apply an exported spec's ``scoring`` entry, to rebuild exactly the graph that was exported."""
-        if scoring.get("method") == "fused" and len(scoring["weight"]) != len(FUSION_TRANSFORMS):
+        names = [c.name for c in self.components]
+        if scoring.get("method") == "fused" and scoring.get("components") != names:
             raise ModelFormatError(
-                f"this spec fuses {len(scoring['weight'])} components, this ganaudit {len(FUSION_TRANSFORMS)}: "
-                "it was exported before the patch bank; export the run again"
+                f"this spec fuses {scoring.get('components')}, this graph {names}: it was exported by another "
+                "ganaudit version; export the run again"
             )
         if "map_scale" in scoring:
             self.set_map_scale(scoring["map_scale"])
@@ -167,7 +191,8 @@ class ScoringModel(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return list(ANOMALY_OUTPUTS) + ([] if self.H is None else [GENERATED_OUTPUT])
+        extra = [c.name for c in self.components if c.name not in BASE_OUTPUTS]
+        return BASE_OUTPUTS + extra + ([] if self.H is None else [GENERATED_OUTPUT])
 
     def forward(self, image: torch.Tensor, crops: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         outs = self.anomaly(image)
@@ -205,18 +230,39 @@ class ScoringModel(nn.Module):
         pad = self.kernel.shape[-1] // 2
         return F.conv2d(F.pad(up, (pad, pad, pad, pad), mode="replicate"), self.kernel)
 
-    def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def rotation_score(self, image: torch.Tensor) -> torch.Tensor:
+        """How badly D tells which way ``image`` and its turned copies are up: the summed cross-entropy of its
+        rotation predictions over the 4 rotations (GeoTrans-style); high for images unlike the training data."""
+        _, logits = self.D.with_rotations(image)
+        k = len(ROTATIONS)
+        log_p = F.log_softmax(logits.unflatten(0, (k, -1)), dim=-1)  # [rotation, image, predicted rotation]
+        # Shape-free (exports with a dynamic batch): pick each rotation's own class with an identity mask.
+        return -(log_p * torch.eye(k, device=image.device)[:, None, :]).sum((0, 2))
+
+    def raw_components(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(every raw score component by name, the unscaled anomaly map) of ``image``."""
         rec = self.G(self.E(image))
         logit, f_x = self.D(image)
         _, f_rec = self.D(rec)
-        pixel = (image - rec).pow(2).flatten(1).mean(1)
-        feature = (f_x - f_rec).pow(2).mean(1)
         raw_map = self.patch_map(image)
-        patch = raw_map.flatten(1).amax(1)
-        izif = pixel + self.kappa * feature
-        knn = self.knn_distance(f_x)
-        score = izif
+        raw = {
+            "disc_logit": logit,
+            "pixel_residual": (image - rec).pow(2).flatten(1).mean(1),
+            "feature_residual": (f_x - f_rec).pow(2).mean(1),
+            "knn_distance": self.knn_distance(f_x),
+            "patch_distance": raw_map.flatten(1).amax(1),
+        }
+        raw["izif_score"] = raw["pixel_residual"] + self.kappa * raw["feature_residual"]
+        if self.D.rotation_head is not None:
+            raw["rotation_score"] = self.rotation_score(image)
+        return raw, raw_map
+
+    def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's anomaly outputs, in ``output_names`` order."""
+        raw, raw_map = self.raw_components(image)
+        score = raw["izif_score"]
         if self.fused:
-            z = (fusion_inputs(pixel, feature, logit, knn, patch) - self.fusion_center) / self.fusion_scale
+            z = (fusion_inputs(raw, self.components) - self.fusion_center) / self.fusion_scale
             score = (z * self.fusion_weight).sum(1)
-        return score, raw_map / self.map_scale, logit, pixel, feature, izif, knn, patch
+        names = [n for n in self.output_names if n not in ("anomaly_score", "anomaly_map", GENERATED_OUTPUT)]
+        return (score, raw_map / self.map_scale, *(raw[n] for n in names))

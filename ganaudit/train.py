@@ -40,8 +40,9 @@ from .grid import encode_png, make_grid
 from .generated import (
     SNAPSHOT_DIR, GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
 )  # fmt: skip
+from .layout import alignment, is_stationary
 from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
-from .nets import Discriminator, Encoder, Generator
+from .nets import Discriminator, Encoder, Generator, rotation_targets
 from .spec import PreprocessSpec, check_size
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ MEMORY_BANK_MAX = 4096
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
 MODE_COLLAPSE_RATIO = 0.5
+# D's rotation-loss weight when the training images have a layout (chosen on the Q4 dev split, docs/benchmarks.md).
+ROTATION_WEIGHT = 1.0
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
@@ -81,6 +84,11 @@ class TrainConfig:
     gp: float = 10.0
     instance_noise: float = 0.0
     kappa: float = 1.0
+    # Self-supervised rotation task on D (SS-GAN, Chen et al. 2019): weight of D's rotation loss on real images
+    # (None: ROTATION_WEIGHT, or 0 for stationary images such as textures, where a turned image is just another
+    # normal image), and of G's on its samples. Its score is a component of the fused anomaly score.
+    rotation: float | None = None
+    rotation_g: float = 0.2
     val_fraction: float = 0.1
     # Generated-image head (trained after the encoder; see generated.py). Off by default in the Python API
     # (existing configs keep their meaning); `ganaudit train` turns it on unless --no-generated-head.
@@ -101,6 +109,8 @@ class TrainConfig:
         for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width", "head_pool"):
             if getattr(self, name) < (0 if name.endswith("steps") else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if (self.rotation or 0) < 0 or self.rotation_g < 0:
+            raise ConfigError(f"rotation weights must be >= 0, got {self.rotation} and {self.rotation_g}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         if self.head_steps is not None and self.head_steps < 0:
@@ -131,9 +141,21 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("generated_head", False)  # runs written before the head existed have none
+        d.setdefault("rotation", 0.0)  # nor the rotation task
         if d.get("head_steps") is None and "steps" in d:  # written when the default was a fifth of the GAN steps
             d["head_steps"] = max(1, d["steps"] // 5)
         return cls(**d)
+
+
+def resolve_rotation(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """``cfg`` with its rotation weight decided: ROTATION_WEIGHT, or 0 when the images are stationary."""
+    if cfg.rotation is not None:
+        return cfg
+    sample = data.images[np.random.default_rng(0).permutation(len(data))[:MEMORY_BANK_MAX]]
+    stationary = is_stationary(alignment(sample))
+    if stationary:
+        log.info("the training images look alike at every position: D learns no rotation task")
+    return replace(cfg, rotation=0.0 if stationary else ROTATION_WEIGHT)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -163,7 +185,9 @@ def build_head(cfg: TrainConfig) -> GeneratedHead:
 
 def build_networks(cfg: TrainConfig) -> Networks:
     G = Generator(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
-    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std)
+    if cfg.rotation is None:
+        raise ConfigError("the rotation weight is unresolved: call resolve_rotation(cfg, data) first")
+    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, cfg.rotation > 0)
     E = Encoder(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Networks(G, G_ema, D, E)
@@ -218,6 +242,7 @@ class Trainer:
     """Runs the adversarial phase then the encoder phase, one global step counter across both."""
 
     def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) -> None:
+        cfg = resolve_rotation(cfg, data)
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.x = torch.from_numpy(data.images).to(device)
         self.nets = build_networks(cfg)
@@ -295,9 +320,14 @@ class Trainer:
             fake = G(self.noise(len(real)))
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
-        real_logit, _ = D(real_in)
+        if cfg.rotation:
+            real_logit, rot_logits = D.with_rotations(real_in)
+        else:
+            real_logit, _ = D(real_in)
         fake_logit, _ = D(instance_noise(fake, sigma))
         loss = self.d_loss_fn(real_logit, fake_logit)
+        if cfg.rotation:
+            loss = loss + cfg.rotation * F.cross_entropy(rot_logits, rotation_targets(len(real), self.device))
         if cfg.r1 > 0:
             loss = loss + 0.5 * cfg.r1 * r1_penalty(real_logit, real_in)
         if cfg.loss == "wgan-gp":
@@ -310,8 +340,13 @@ class Trainer:
     def g_step(self) -> float:
         G, D = self.nets.G, self.nets.D
         D.requires_grad_(False)
-        fake_logit, _ = D(instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma()))
-        loss = self.g_loss_fn(fake_logit)
+        fake = instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma())
+        if self.cfg.rotation and self.cfg.rotation_g > 0:
+            fake_logit, rot_logits = D.with_rotations(fake)
+            rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
+            loss = self.g_loss_fn(fake_logit) + self.cfg.rotation_g * rot_loss
+        else:
+            loss = self.g_loss_fn(D(fake)[0])
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -614,6 +649,7 @@ def train(
     else:
         if data.channels != cfg.channels:
             cfg = TrainConfig.from_dict({**asdict(cfg), "channels": data.channels})
+        cfg = resolve_rotation(cfg, data)
         torch.manual_seed(cfg.seed)
         train_data = prepare_run(cfg, data, run_dir, data_options or {})
         ckpt = None

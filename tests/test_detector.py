@@ -20,7 +20,7 @@ import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
 from ganaudit.export import FUSION_WEIGHTS, STATIONARY_BELOW, alignment, scoring_model, torch_outputs
 from ganaudit.imaging import preprocess, preprocess_batch
-from ganaudit.scoring import k_center
+from ganaudit.scoring import COMPONENTS, k_center
 from ganaudit.spec import METADATA_KEY
 from ganaudit.train import load_networks
 
@@ -101,6 +101,7 @@ def test_verdict_fields(detector, mnist_test_images):
     assert v.anomaly_map.shape == (16, 16) and v.anomaly_map.min() >= 0
     assert set(v.components) == {
         "disc_logit", "pixel_residual", "feature_residual", "izif_score", "knn_distance", "patch_distance",
+        "rotation_score",
     }  # fmt: skip
     d = v.to_dict()
     assert "anomaly_map" not in d and json.dumps(d)
@@ -143,7 +144,7 @@ def test_eight_threads_share_one_detector(detector, mnist_test_images):
     with ThreadPoolExecutor(8) as pool:
         parallel = list(pool.map(lambda c: [v.anomaly_score for v in detector.detect(c)], chunks))
     for i in range(8):
-        np.testing.assert_allclose(parallel[i], serial[i::8], rtol=1e-6)
+        np.testing.assert_allclose(parallel[i], serial[i::8], rtol=1e-5)  # float32 kernels differ by batch shape, as above
 
 
 def test_runtime_works_without_torch(tiny_model, mnist_test_images, tmp_path):
@@ -252,12 +253,12 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
     images = list(mnist_test_images[0][:50])
     det = Detector.load(tiny_model)
     sc = det.spec.scoring
-    assert sc["components"] == ["pixel_residual", "feature_residual", "disc_logit", "knn_distance", "patch_distance"]
+    assert sc["components"] == [c.name for c in COMPONENTS]  # digits have a layout: D learnt the rotation task
+    assert sc["transforms"] == [c.transform for c in COMPONENTS]
     assert sc["method"] == "fused" and sc["n_val"] > 0 and all(s > 0 for s in sc["scale"])
     for v in det.detect(images):
         c = v.components
-        t = np.array([np.log(c["pixel_residual"] + 1e-8), np.log(c["feature_residual"] + 1e-8), -c["disc_logit"],
-                      np.log(c["knn_distance"] + 1e-8), np.log(c["patch_distance"] + 1e-8)])  # fmt: skip
+        t = np.array([np.log(c[n] + 1e-8) if f == "log" else -c[n] for n, f in zip(sc["components"], sc["transforms"])])
         expected = float(np.sum(np.array(sc["weight"]) * (t - sc["center"]) / sc["scale"]))
         assert v.anomaly_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
@@ -316,7 +317,8 @@ def test_export_picks_the_fusion_weights_by_layout_and_layout_can_be_forced(tiny
     st = det.spec.scoring
     assert st["layout"] == "stationary" and st["weight"] == list(FUSION_WEIGHTS["stationary"])
     for v in det.detect(list(mnist_test_images[0][:10])):  # the patch distance alone, as a robust z-score
-        z = (np.log(v.components["patch_distance"] + 1e-8) - st["center"][4]) / st["scale"][4]
+        i = st["components"].index("patch_distance")
+        z = (np.log(v.components["patch_distance"] + 1e-8) - st["center"][i]) / st["scale"][i]
         assert v.anomaly_score == pytest.approx(z, rel=1e-3, abs=1e-3)
 
     bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--layout", "diagonal")

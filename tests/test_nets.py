@@ -60,3 +60,28 @@ def test_without_spectral_norm_is_equivalent_and_leaves_the_original_intact():
             torch.testing.assert_close(a, b)
         D(x)  # the original still works after the copy
     assert not any("parametrizations" in k for k in plain.state_dict())
+
+
+def test_rotate4_turns_like_rot90_and_rotation_targets_match_it():
+    from ganaudit.nets import rotate4, rotation_targets
+
+    x = torch.randn(3, 2, 5, 5)
+    turned = rotate4(x)
+    for k in range(4):
+        torch.testing.assert_close(turned[3 * k : 3 * k + 3], torch.rot90(x, k, (2, 3)))
+    assert rotation_targets(3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_rotation_head_sees_one_trunk_pass_and_judges_only_the_upright_images():
+    D = Discriminator(16, 3, width=8, spectral_norm=True, rotation=True)
+    D.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        logit, rot = D.with_rotations(x)
+        torch.testing.assert_close(logit, D(x)[0])  # the realness logit of the upright images only
+        assert rot.shape == (16, 4)
+        plain = D.without_spectral_norm()
+        torch.testing.assert_close(plain.with_rotations(x)[1], rot)
+        assert D.without_spectral_norm(rotation=False).rotation_head is None
+    with pytest.raises(ValueError, match="rotation"):
+        Discriminator(16, 1, width=8).rotation_logits(torch.zeros(1, 8 * 2 * 16))

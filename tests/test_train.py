@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ganaudit.datasets import load_dataset
+from ganaudit.errors import ConfigError
 from ganaudit.train import TrainConfig, load_checkpoint
 from ganaudit.train import train as run_training
 
@@ -226,3 +227,19 @@ def test_every_command_documents_every_option():
         for param in cmd.params:
             if param.param_type_name == "option" and param.name != "help":
                 assert param.help, f"{name} --{param.name} has no help text"
+
+
+def test_rotation_task_is_on_for_images_with_a_layout_and_off_for_textures(tmp_path):
+    from ganaudit.datasets import Dataset
+    from ganaudit.train import ROTATION_WEIGHT, resolve_rotation
+
+    digits = load_dataset("sklearn:digits?label=3", size=16)
+    assert resolve_rotation(TrainConfig(size=16), digits).rotation == ROTATION_WEIGHT
+    rng = np.random.default_rng(0)
+    surface = rng.uniform(-1, 1, (1, 1, 200, 200)).astype(np.float32)
+    patches = np.concatenate([surface[:, :, y : y + 16, x : x + 16] for y, x in rng.integers(0, 184, (300, 2))])
+    texture = Dataset(patches, [str(i) for i in range(300)], None, {})
+    assert resolve_rotation(TrainConfig(size=16), texture).rotation == 0.0
+    assert resolve_rotation(TrainConfig(size=16, rotation=0.5), texture).rotation == 0.5  # an explicit choice wins
+    with pytest.raises(ConfigError, match="rotation"):
+        TrainConfig(rotation=-1)
