@@ -313,10 +313,12 @@ def _describe_scoring(scoring: dict) -> str:
 from .cli_scan import register as _register_scan  # noqa: E402
 from .service.cli import register as _register_serve  # noqa: E402
 from .cli_models import register as _register_models  # noqa: E402
+from .cli_audit import register as _register_audit  # noqa: E402
 
 _register_scan(app)
 _register_serve(app)
 _register_models(app)
+_register_audit(app)
 
 
 def main() -> None:
