@@ -110,9 +110,37 @@ def gan_cmd(
         raise typer.Exit(EXIT_TRIPPED)
 
 
+def detector_cmd(
+    data: Annotated[list[Path], typer.Argument(help="Image files and folders to score.", show_default=False)],
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Exported .onnx detector or a shipped model's name.")
+    ] = None,
+    truth: Annotated[
+        str,
+        typer.Option(
+            help="CSV with a 'path' column and a truth column per head ('anomaly', 'generated', or 'label' for "
+            "every head): 1 positive, 0 normal. Paths match in full, relative to the CSV, or by file name."
+        ),
+    ] = "truth.csv",
+    group: Annotated[Optional[str], typer.Option(help="A column of the truth CSV whose values are the groups.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.json and audit.html.")] = Path("ganaudit-audit"),
+    seed: Annotated[int, typer.Option(help="Seed for the bootstrap.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout instead of the summary line.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Audit a detector: per-group TPR, FPR, precision and AUROC, calibration (reliability, ECE), realised FPR."""
+    from .audit.detector_report import write_detector_report
+    from .audit.detector_run import run_detector_audit, summary_line
+
+    result = run_detector_audit(model, data, truth, group=group, seed=seed, progress=progress)
+    paths = write_detector_report(out, result)
+    typer.echo(json.dumps(result, indent=2) if json_out else f"{summary_line(result)}; report in {paths['html']}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the audit sub-app to the CLI."""
     from .cli import friendly_errors  # imported here: cli.py imports this module at its end
 
     audit_app.command("gan")(friendly_errors(gan_cmd))
+    audit_app.command("detector")(friendly_errors(detector_cmd))
     app.add_typer(audit_app, name="audit")

@@ -197,3 +197,41 @@ def test_a_training_run_is_sampled_and_audited_against_its_own_images(tmp_path, 
     assert r["counts"]["generated"] == 300 and r["counts"]["holdout"] > 0
     assert "memory_bank.npy" in r["reference"] and "validation" in r["holdout"]
     assert r["memorisation"]["c_t"]["c_t"] is not None
+
+
+# --------------------------------------------------------------------------- audit detector
+
+
+def test_detector_audit_per_group_rates_calibration_and_realised_fpr(tmp_path, tiny_model, mnist_test_images):
+    from ganaudit.audit.detector import reliability
+
+    images, labels = mnist_test_images
+    rows = ["path,anomaly,stroke"]
+    for i, (img, lab) in enumerate(zip(images[:160], labels[:160])):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), img)
+        rows.append(f"{i:03d}.png,{int(lab != 0)},{'heavy' if img.mean() > 35 else 'light'}")
+    (tmp_path / "truth.csv").write_text("\n".join(rows))
+    out = tmp_path / "audit"
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv",
+                  "--group", "stroke", "--out", out, "--no-progress", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["heads"]["anomaly"]
+    assert set(r["groups"]) == {"all", "heavy", "light"} and r["groups"]["all"]["n"] == 160
+    tpr = [r["groups"][g]["tpr"]["value"] for g in ("heavy", "light")]
+    assert r["between_groups"]["tpr"]["difference"] == pytest.approx(max(tpr) - min(tpr))
+    lo, hi = r["groups"]["all"]["auroc"]["ci"]
+    assert lo <= r["groups"]["all"]["auroc"]["value"] <= hi and r["groups"]["all"]["auroc"]["value"] > 0.8
+    assert r["fpr_at_threshold"]["target"] is not None and r["fpr_at_threshold"]["n_normal"] == int((labels[:160] == 0).sum())
+    assert "ganaudit detector audit" in (out / "audit.html").read_text()
+    # ECE from the bin counts: a perfectly calibrated toy case gives 0, an over-confident one its gap
+    y = np.array([0, 1] * 50)
+    assert reliability(y, np.full(100, 0.5))["ece"] == pytest.approx(0.0)
+    assert reliability(y, np.full(100, 0.9))["ece"] == pytest.approx(0.4)
+    assert sum(b["count"] for b in reliability(y, np.linspace(0, 1, 100))["bins"]) == 100
+
+
+def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny_model):
+    (tmp_path / "truth.csv").write_text("path,anomaly\nnothing.png,1\n")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv")
+    assert res.exit_code == 2 and "has a row in" in res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -65,4 +66,6 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     draws = np.stack([np.asarray(statistic(rng.integers(0, n, n)), dtype=np.float64) for _ in range(rounds)])
     alpha = (1 - level) / 2
-    return np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
+    with warnings.catch_warnings():  # a statistic undefined in every resample (no positives) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(draws, alpha, axis=0), np.nanquantile(draws, 1 - alpha, axis=0)
