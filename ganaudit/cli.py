@@ -135,6 +135,9 @@ def train(
     sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    audit: Annotated[
+        bool, typer.Option(help="End with a short audit of the generator against the held-out images (RUN/audit/).")
+    ] = True,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
@@ -179,6 +182,12 @@ def train(
         )  # fmt: skip
     except KeyboardInterrupt:
         raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
+    if audit:
+        from .audit.after_training import audit_run, report_dir, summary
+
+        headline = audit_run(out, progress=progress)
+        if headline is not None:
+            typer.echo(f"audit: {summary(headline)}; report in {report_dir(out)}", err=True)
     typer.echo(f"run complete: {out}")
 
 

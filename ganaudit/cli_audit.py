@@ -84,7 +84,11 @@ def gan_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout instead of the summary line.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
 ) -> None:
-    """Audit a generator: fidelity, diversity, mode collapse, memorisation and class balance, with verdicts."""
+    """Audit a generator: fidelity, diversity, mode collapse, memorisation and class balance, with verdicts.
+
+    Writes audit.json and audit.html to --out and prints a summary line. Exit codes: 0 done; 1 a verdict named in
+    --fail-on tripped (or was explained by one that did); 2 usage, input or model error.
+    """
     from .audit.gan import summary_line
     from .audit.gan_report import write_gan_report
     from .audit.pipeline import run_gan_audit
@@ -128,7 +132,11 @@ def detector_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout instead of the summary line.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Audit a detector: per-group TPR, FPR, precision and AUROC, calibration (reliability, ECE), realised FPR."""
+    """Audit a detector: per-group TPR, FPR, precision and AUROC, calibration (reliability, ECE), realised FPR.
+
+    Writes audit.json and audit.html to --out and prints a summary line. Exit codes: 0 done; 2 usage, input or
+    model error.
+    """
     from .audit.detector_report import write_detector_report
     from .audit.detector_run import run_detector_audit, summary_line
 

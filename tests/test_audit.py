@@ -235,3 +235,14 @@ def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
     res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv")
     assert res.exit_code == 2 and "has a row in" in res.stderr
+
+
+def test_training_ends_with_an_audit_and_export_copies_its_headline(tiny_run, tiny_model):
+    from ganaudit.runtime import Detector
+
+    saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
+    head = saved["headline"]
+    assert head["n_generated"] == 1000 and head["n_holdout"] > 0 and 0 <= head["precision"] <= 1
+    assert head["precision"] == saved["fidelity"]["precision"] and "random conv net" in head["features"]
+    assert (tiny_run / "audit" / "audit.html").is_file()
+    assert Detector.load(tiny_model).spec.provenance["audit"] == head
