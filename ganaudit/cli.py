@@ -303,6 +303,10 @@ def info(
     data = prov.get("data", {})
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
+    if prov.get("audit"):
+        from .audit.after_training import summary
+
+        lines.append(f"audit:         {summary(prov['audit'])} ({prov['audit']['n_generated']} samples, after training)")
     typer.echo("\n".join(lines))
 
 
