@@ -1,14 +1,15 @@
 """A1: does `ganaudit audit gan` flag each broken generator for what it is, and leave healthy ones alone?
 
 On MNIST (shuffled t10k, see a1_data.py) and CIFAR-10 (1,000 images per class), with generators built here:
-  healthy-gan  samples of a short ganaudit training run (the run trained on the reference images)
+  healthy-gan  samples of a short ganaudit training run, audited as `ganaudit audit gan RUN --reference SOURCE` does:
+               the reference is the run's training source, the held-out images are the run's validation images
   ideal        held-out real images of the same distribution (the perfect generator)
   collapsed    8 held-out real images, each repeated with light noise (few modes)
   memorising   training (reference) images returned with light noise (sigma 0.04 on [-1, 1]) and +-10 % contrast
   imbalanced   held-out real images resampled: 3 classes missing, 2 at a fifth of their share
   underfit     held-out real images blurred (Gaussian sigma 1.5 px at 32 px) plus noise: a blurry generator
-Every kind is audited with the default rules (random conv features, k=5, 20 bins) against the same reference,
-held-out and label sets; the table lists every figure and the flags. Expected: healthy-gan and ideal: none;
+The other kinds are audited against one reference / held-out / label split of the data (a1_data.py), all with the
+default rules (random conv features, k=5, 20 bins); the table lists every figure and the flags. Expected: healthy-gan and ideal: none;
 collapsed: collapse; memorising: memorisation; imbalanced: imbalance; underfit: underfit.
 
     python benchmarks/a1_data.py --out A1DIR          # then the two printed `ganaudit train` commands
@@ -27,8 +28,8 @@ import cv2
 import numpy as np
 
 from a1_data import MNIST_IMAGES, MNIST_TRAIN
-from ganaudit.audit.pipeline import audit_sets
-from ganaudit.audit.sources import ImageSet, load_images, sample_run
+from ganaudit.audit.pipeline import audit_sets, run_gan_audit
+from ganaudit.audit.sources import ImageSet, load_images
 
 EXPECTED = {"healthy-gan": set(), "ideal": set(), "collapsed": {"collapse"}, "memorising": {"memorisation"},
             "imbalanced": {"imbalance"}, "underfit": {"underfit"}}  # fmt: skip
@@ -49,7 +50,7 @@ def blurred(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return noisy(out, rng, 0.02)
 
 
-def make_kinds(run: Path, ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, ImageSet]:
+def make_kinds(ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, ImageSet]:
     """The generated sets of every kind; ``pool`` is held-out real images (never trained on, not the holdout)."""
     rng = np.random.default_rng(seed)
     ideal = subset(pool, np.arange(min(n, len(pool.images))), "held-out real images")
@@ -66,7 +67,6 @@ def make_kinds(run: Path, ref: ImageSet, pool: ImageSet, n: int, seed: int) -> d
     w = np.array([weight[c] for c in pool.labels])
     imbalanced = rng.choice(len(pool.images), m, p=w / w.sum())
     kinds = {
-        "healthy-gan": sample_run(run, m, seed),
         "ideal": ideal,
         "collapsed": ImageSet(collapsed, [f"c{i}" for i in range(m)], None, "8 modes + noise"),
         "memorising": ImageSet(copies, [f"m{i}" for i in range(m)], None, "training images + noise"),
@@ -74,6 +74,14 @@ def make_kinds(run: Path, ref: ImageSet, pool: ImageSet, n: int, seed: int) -> d
         "underfit": ImageSet(blurred(ideal.images, rng), ideal.ids, None, "held-out real, blurred"),
     }
     return kinds
+
+
+def audit_run(run: Path, n: int) -> dict:
+    """The run's generator against its own training source (labelled) and validation images, as the CLI does."""
+    data = json.loads((run / "run.json").read_text())["data"]
+    source = data["source"] + (f"?range={data['index_range']}" if data.get("index_range") else "")
+    labels = None if data["kind"] == "idx" else "folders"
+    return run_gan_audit(str(run), source, None, labels, n=n).audit.result
 
 
 def mnist_sets(data: Path) -> tuple[Path, ImageSet, ImageSet, ImageSet]:
@@ -131,8 +139,11 @@ def main() -> None:
         run, ref, pool, hold = (mnist_sets if name == "mnist" else cifar_sets)(args.data)
         print(f"{name}: reference {len(ref.images)}, pool {len(pool.images)}, held-out {len(hold.images)} "
               f"({time.perf_counter() - t0:.0f}s to load)", file=sys.stderr)  # fmt: skip
-        for kind, gen in make_kinds(run, ref, pool, args.n, seed=0).items():
-            result = audit_sets(gen, ref, hold, labels_from="source").audit.result
+        n = min(args.n, len(pool.images))
+        results = {"healthy-gan": audit_run(run, n)}
+        for kind, gen in make_kinds(ref, pool, n, seed=0).items():
+            results[kind] = audit_sets(gen, ref, hold, labels_from="source").audit.result
+        for kind, result in results.items():
             rows.append(row(name, kind, result))
             print(f"  {kind}: flags {rows[-1]['flags']} ({result['seconds']:.0f}s)", file=sys.stderr)
     print("| " + " | ".join(COLUMNS) + " |")

@@ -246,3 +246,30 @@ def test_training_ends_with_an_audit_and_export_copies_its_headline(tiny_run, ti
     assert head["precision"] == saved["fidelity"]["precision"] and "random conv net" in head["features"]
     assert (tiny_run / "audit" / "audit.html").is_file()
     assert Detector.load(tiny_model).spec.provenance["audit"] == head
+
+
+def test_an_onnx_feature_extractor_and_the_discriminator_view(tmp_path, mnist_path, tiny_run):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # features = 4x4 average-pooled pixels (16 numbers per image), any batch size, 1 x 16 x 16 input
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("Flatten", ["p"], ["f"])],
+        "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["n", 16])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "pool.onnx")
+    res, r, _ = _audit(tmp_path, _mnist(mnist_path, 600, 900), _mnist(mnist_path, 0, 300), _mnist(mnist_path, 900, 1200),
+                       "--features", str(tmp_path / "pool.onnx"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "pool.onnx" in r["features"] and r["fidelity"]["precision"] > 0.5
+    res = run_cli("audit", "gan", tiny_run, "-n", "200", "--features", "discriminator", "--bins", "4", "--no-progress",
+                  "--out", tmp_path / "d", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "discriminator" in json.loads(res.stdout)["features"]
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100),
+                  "--features", tmp_path / "bad.onnx", "--no-progress")  # fmt: skip
+    assert res.exit_code == 2 and "not a usable ONNX model" in res.stderr

@@ -12,7 +12,7 @@ from .copying import c_t, copy_share
 from .kmeans import assign, kmeans
 from .ndb import ndb
 from .neighbours import as_features, nearest
-from .prdc import DEFAULT_K, prdc_per_sample
+from .prdc import DEFAULT_K, prdc_per_sample, summarise
 from .rules import judge
 
 DEFAULT_BINS = 20
@@ -34,6 +34,7 @@ class GanAudit:
     """The audit's JSON-ready figures (``result``) and the per-sample arrays the HTML report draws from."""
 
     result: dict[str, Any]
+    reference_bins: np.ndarray
     generated_bins: np.ndarray
     nearest_train: np.ndarray | None  # [n_generated] index of each generated image's nearest reference image
     nearest_distance: np.ndarray | None
@@ -43,14 +44,7 @@ class GanAudit:
 
 def _fidelity(f: Features, k: int) -> tuple[dict[str, Any], np.ndarray]:
     per = prdc_per_sample(f.reference, f.generated, k)
-    fid = {
-        "k": k,
-        "precision": float((per["inside_count"] > 0).mean()),
-        "recall": float(per["recalled"].mean()),
-        "density": float(per["inside_count"].mean() / k),
-        "coverage": float(per["covered"].mean()),
-    }
-    return fid, per["covered"]
+    return {"k": k, **summarise(per, k)}, per["covered"]
 
 
 def _memorisation(f: Features, centers: np.ndarray, gen_bins: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +96,7 @@ def audit_features(f: Features, *, k: int = DEFAULT_K, bins: int = DEFAULT_BINS,
         balance["coverage_per_class"] = _per_class_coverage(covered, f.labels, f.classes)
         result["balance"] = balance
     result["verdicts"] = judge(result)
-    return GanAudit(result, gen_bins, nearest_train, nearest_distance, holdout_distance, predicted)
+    return GanAudit(result, ref_bins, gen_bins, nearest_train, nearest_distance, holdout_distance, predicted)
 
 
 def summary_line(result: dict[str, Any]) -> str:

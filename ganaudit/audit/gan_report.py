@@ -37,14 +37,17 @@ def _ndb_section(run: GanAuditRun) -> str:
 
 
 def _cluster_section(run: GanAuditRun) -> str:
-    bins = run.audit.generated_bins
+    a = run.audit
+    c = run.generated.images.shape[1]
     rows = []
-    for b in run.audit.result["ndb"]["bins"]:
-        gen = run.generated.images[np.flatnonzero(bins == b["bin"])[:PER_CLUSTER]]
+    for b in a.result["ndb"]["bins"]:
+        gen = run.generated.images[np.flatnonzero(a.generated_bins == b["bin"])[:PER_CLUSTER]]
+        ref = np.stack([_as_channels(x, c) for x in run.reference.images[np.flatnonzero(a.reference_bins == b["bin"])[:PER_CLUSTER]]])
         mark = " (differs)" if b["differs"] else ""
         rows.append(f"<tr><td>bin {b['bin']}{mark}<div class='muted'>ref {b['reference_share']:.3f} / gen "
-                    f"{b['generated_share']:.3f}</div></td><td>{grid_img(gen)}</td></tr>")  # fmt: skip
-    return "<p class='muted'>Generated examples per bin (the bin's reference share / generated share).</p><table>" + "".join(rows) + "</table>"
+                    f"{b['generated_share']:.3f}</div></td><td>{grid_img(ref)}</td><td>{grid_img(gen)}</td></tr>")  # fmt: skip
+    return ("<table><tr><th>bin (reference / generated share)</th><th>reference examples</th><th>generated examples</th></tr>"
+            + "".join(rows) + "</table>")  # fmt: skip
 
 
 def _memorisation_section(run: GanAuditRun) -> str:

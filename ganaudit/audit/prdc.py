@@ -19,7 +19,11 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, chunk: int = CH
     The same definitions as the ``prdc`` package (clovaai/generative-evaluation-prdc): a sample is inside a
     manifold when it is strictly closer to some sample than that sample's k-th neighbour radius.
     """
-    per = prdc_per_sample(real, fake, k, chunk)
+    return summarise(prdc_per_sample(real, fake, k, chunk), k)
+
+
+def summarise(per: dict[str, np.ndarray], k: int) -> dict[str, float]:
+    """The four figures from the per-sample parts returned by :func:`prdc_per_sample`."""
     return {
         "precision": float((per["inside_count"] > 0).mean()),
         "recall": float(per["recalled"].mean()),
