@@ -2,7 +2,8 @@
 
 On MNIST (shuffled t10k, see a1_data.py) and CIFAR-10 (1,000 images per class), with generators built here:
   healthy-gan  samples of a short ganaudit training run, audited as `ganaudit audit gan RUN --reference SOURCE` does:
-               the reference is the run's training source, the held-out images are the run's validation images
+               the reference is the run's training images (--reference of them, by seed), the held-out images are
+               the run's validation images
   ideal        held-out real images of the same distribution (the perfect generator)
   collapsed    8 held-out real images, each repeated with light noise (few modes)
   memorising   training (reference) images returned with light noise (sigma 0.04 on [-1, 1]) and +-10 % contrast
@@ -28,8 +29,10 @@ import cv2
 import numpy as np
 
 from a1_data import MNIST_IMAGES, MNIST_TRAIN
-from ganaudit.audit.pipeline import audit_sets, run_gan_audit
-from ganaudit.audit.sources import ImageSet, load_images
+from ganaudit.audit.features import embed, extractor
+from ganaudit.audit.gan import Features, audit_features
+from ganaudit.audit.pipeline import class_indices
+from ganaudit.audit.sources import ImageSet, drop_shared, load_images, run_file, sample_run
 
 EXPECTED = {"healthy-gan": set(), "ideal": set(), "collapsed": {"collapse"}, "memorising": {"memorisation"},
             "imbalanced": {"imbalance"}, "underfit": {"underfit"}}  # fmt: skip
@@ -76,24 +79,44 @@ def make_kinds(ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, Im
     return kinds
 
 
-def audit_run(run: Path, n: int) -> dict:
-    """The run's generator against its own training source (labelled) and validation images, as the CLI does."""
+FEATURES, _ = extractor("auto")
+
+
+def features(s: ImageSet) -> np.ndarray:
+    """Embedded once per set (the audits below share the reference and held-out features)."""
+    return embed(FEATURES, s.images)
+
+
+def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str]) -> dict:
+    """``audit_features`` with the default rules, as `ganaudit audit gan` runs it after embedding."""
+    t0 = time.perf_counter()
+    y, classes = class_indices(labels)
+    result = audit_features(Features(ref, gen, hold, y, classes)).result
+    return {**result, "seconds": time.perf_counter() - t0}
+
+
+def run_sets(run: Path, n: int, n_ref: int, seed: int = 0) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """The run's samples, its training source (labelled; its validation images left out; ``n_ref`` of them drawn
+    by seed) and its validation images: the sets `ganaudit audit gan RUN --reference SOURCE` uses."""
     data = json.loads((run / "run.json").read_text())["data"]
     source = data["source"] + (f"?range={data['index_range']}" if data.get("index_range") else "")
-    labels = None if data["kind"] == "idx" else "folders"
-    return run_gan_audit(str(run), source, None, labels, n=n).audit.result
+    hold = run_file(run, "validation.npy")
+    ref, _ = drop_shared(load_images(source, 32), hold)
+    ref = subset(ref, np.sort(np.random.default_rng(seed).permutation(len(ref.images))[:n_ref]), source)
+    return sample_run(run, n, seed), ref, hold
 
 
-def mnist_sets(data: Path) -> tuple[Path, ImageSet, ImageSet, ImageSet]:
+def mnist_sets(data: Path, n_ref: int) -> tuple[Path, ImageSet, ImageSet, ImageSet]:
     src = str(data / MNIST_IMAGES)
-    ref = load_images(f"{src}?range=0:{MNIST_TRAIN}", 32)
+    ref = load_images(f"{src}?range=0:{min(n_ref, MNIST_TRAIN)}", 32)
     pool = load_images(f"{src}?range={MNIST_TRAIN}:8000", 32)
     hold = load_images(f"{src}?range=8000:10000", 32)
     return data / "run-mnist", ref, pool, hold
 
 
-def cifar_sets(data: Path) -> tuple[Path, ImageSet, ImageSet, ImageSet]:
+def cifar_sets(data: Path, n_ref: int) -> tuple[Path, ImageSet, ImageSet, ImageSet]:
     ref = load_images(str(data / "cifar-train"), 32)
+    ref = subset(ref, np.sort(np.random.default_rng(0).permutation(len(ref.images))[:n_ref]), "train")
     test = load_images(str(data / "cifar-test"), 32)
     order = np.random.default_rng(0).permutation(len(test.images))
     half = len(order) // 2
@@ -131,18 +154,21 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="The folder a1_data.py wrote (with run-mnist, run-cifar).")
     ap.add_argument("--n", type=int, default=5000, help="Generated images per kind (capped by the held-out pool).")
     ap.add_argument("--datasets", default="mnist,cifar10")
+    ap.add_argument("--reference", type=int, default=5000, help="Reference (training) images per data set.")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = ap.parse_args()
     rows = []
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
-        run, ref, pool, hold = (mnist_sets if name == "mnist" else cifar_sets)(args.data)
+        run, ref, pool, hold = (mnist_sets if name == "mnist" else cifar_sets)(args.data, args.reference)
         print(f"{name}: reference {len(ref.images)}, pool {len(pool.images)}, held-out {len(hold.images)} "
               f"({time.perf_counter() - t0:.0f}s to load)", file=sys.stderr)  # fmt: skip
         n = min(args.n, len(pool.images))
-        results = {"healthy-gan": audit_run(run, n)}
+        g_gen, g_ref, g_hold = run_sets(run, n, args.reference)
+        results = {"healthy-gan": audit(features(g_gen), features(g_ref), features(g_hold), g_ref.labels)}
+        f_ref, f_hold = features(ref), features(hold)
         for kind, gen in make_kinds(ref, pool, n, seed=0).items():
-            results[kind] = audit_sets(gen, ref, hold, labels_from="source").audit.result
+            results[kind] = audit(features(gen), f_ref, f_hold, ref.labels)
         for kind, result in results.items():
             rows.append(row(name, kind, result))
             print(f"  {kind}: flags {rows[-1]['flags']} ({result['seconds']:.0f}s)", file=sys.stderr)

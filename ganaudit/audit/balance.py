@@ -1,7 +1,7 @@
 """Class balance: a k-NN classifier fitted on labelled reference features predicts the class of each generated
-image; predicted shares are compared with the reference shares (bootstrap intervals) and summarised by the L2
-fairness discrepancy (Choi et al. 2020) to the reference shares and to uniform. A class with no generated sample
-counts as zero."""
+image; predicted shares are compared with the classifier's predicted shares on held-out reference images
+(bootstrap intervals) and summarised by the L2 fairness discrepancy (Choi et al. 2020) to those reference shares and
+to uniform. A class with no generated sample counts as zero."""
 
 from __future__ import annotations
 
@@ -31,9 +31,13 @@ def class_balance(
     order = np.random.default_rng(seed).permutation(len(ref))
     n_test = max(1, int(round(len(ref) * TEST_FRACTION)))
     test, fit = order[:n_test], order[n_test:]
-    accuracy = float((knn_predict(ref[fit], ref_y[fit], ref[test], n_classes) == ref_y[test]).mean())
+    test_pred = knn_predict(ref[fit], ref_y[fit], ref[test], n_classes)
+    accuracy = float((test_pred == ref_y[test]).mean())
     pred = knn_predict(ref[fit], ref_y[fit], gen, n_classes)
-    ref_share = np.bincount(ref_y, minlength=n_classes) / len(ref_y)
+    # Generated shares are predictions, so they are compared with the predicted shares of held-out reference
+    # images: the classifier's confusions then bias both sides alike. The label shares are reported too.
+    ref_share = np.bincount(test_pred, minlength=n_classes) / len(test_pred)
+    label_share = np.bincount(ref_y, minlength=n_classes) / len(ref_y)
 
     def shares(idx: np.ndarray) -> np.ndarray:
         return np.bincount(pred[idx], minlength=n_classes) / len(idx)
@@ -56,8 +60,8 @@ def class_balance(
         "fairness_discrepancy_uniform": float(np.linalg.norm(gen_share - uniform)),
         "fairness_discrepancy_uniform_ci": [float(l2_lo[1]), float(l2_hi[1])],
         "classes": [
-            {"class": c, "reference_share": float(ref_share[i]), "generated_share": float(gen_share[i]),
-             "generated_ci": [float(lo[i]), float(hi[i])]}
+            {"class": c, "reference_share": float(ref_share[i]), "reference_label_share": float(label_share[i]),
+             "generated_share": float(gen_share[i]), "generated_ci": [float(lo[i]), float(hi[i])]}
             for i, c in enumerate(classes)
         ],  # fmt: skip
         "predicted": pred,
