@@ -67,7 +67,31 @@ def _per_class_coverage(covered: np.ndarray, labels: np.ndarray, classes: list[s
     ]
 
 
-def audit_features(f: Features, *, k: int = DEFAULT_K, bins: int = DEFAULT_BINS, seed: int = 0) -> GanAudit:
+class _Stages:
+    """A progress bar on stderr over the audit's stages (or nothing)."""
+
+    def __init__(self, total: int, on: bool) -> None:
+        self.bar = None
+        if on:
+            import sys
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="metrics", unit="stage", leave=False, file=sys.stderr)
+
+    def next(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(name)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def audit_features(
+    f: Features, *, k: int = DEFAULT_K, bins: int = DEFAULT_BINS, seed: int = 0, progress: bool = False
+) -> GanAudit:
     """Run every metric on precomputed features and apply the default rules."""
     f.reference, f.generated = as_features(f.reference), as_features(f.generated)
     if f.holdout is not None:
@@ -81,20 +105,26 @@ def audit_features(f: Features, *, k: int = DEFAULT_K, bins: int = DEFAULT_BINS,
             "holdout": None if f.holdout is None else len(f.holdout),
         },
     }  # fmt: skip
+    stages = _Stages(4, progress)
+    stages.next("precision, recall, density, coverage")
     result["fidelity"], covered = _fidelity(f, k)
+    stages.next("k-means bins, NDB")
     centers = kmeans(f.reference, bins, seed=seed)
     ref_bins = assign(f.reference, centers)
     collapse = ndb(ref_bins, f.generated, centers)
     gen_bins = collapse.pop("generated_bins")
     result["ndb"] = collapse
     nearest_train = nearest_distance = holdout_distance = predicted = None
+    stages.next("memorisation (C_T, copy share)")
     if f.holdout is not None and len(f.holdout) > 0:
         result["memorisation"], nearest_train, nearest_distance, holdout_distance = _memorisation(f, centers, gen_bins)
+    stages.next("class balance")
     if f.labels is not None:
         balance = class_balance(f.reference, f.labels, f.classes, f.generated, seed=seed)
         predicted = balance.pop("predicted")
         balance["coverage_per_class"] = _per_class_coverage(covered, f.labels, f.classes)
         result["balance"] = balance
+    stages.close()
     result["verdicts"] = judge(result)
     return GanAudit(result, ref_bins, gen_bins, nearest_train, nearest_distance, holdout_distance, predicted)
 

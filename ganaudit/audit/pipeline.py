@@ -40,7 +40,7 @@ def load_sets(
     run = generated if is_run(generated) else None
     size = size or (_run_size(run) if run else DEFAULT_SIZE)
     if run:
-        gen = sample_run(run, n, seed)
+        gen = sample_run(run, n, seed, progress)
     else:
         gen = load_images(generated, size, progress=progress)
     if reference is None:
@@ -120,7 +120,7 @@ def audit_sets(
     if ref.labels is not None:
         f.labels, classes = class_indices(ref.labels)
         f.classes = classes
-    audit = audit_features(f, k=k, bins=bins, seed=seed)
+    audit = audit_features(f, k=k, bins=bins, seed=seed, progress=progress)
     audit.result = {
         "generated": gen.description,
         "reference": ref.description,

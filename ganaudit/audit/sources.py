@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -88,13 +90,18 @@ def read_labels_csv(path: str | os.PathLike, ids: list[str]) -> list[str]:
     return out
 
 
-def sample_run(run: str | os.PathLike, n: int, seed: int) -> ImageSet:
-    """``n`` images from a run's EMA generator (needs torch: the ``[train]`` extra)."""
+def sample_run(run: str | os.PathLike, n: int, seed: int, progress: bool = False) -> ImageSet:
+    """``n`` images from a run's EMA generator (needs torch: the ``[train]`` extra), 512 per call."""
     try:
         from ..train import sample
     except ImportError:
         raise ConfigError("sampling a training run needs the training extra: pip install 'ganaudit[train]'") from None
-    images = np.concatenate([sample(run, min(512, n - s), seed + s) for s in range(0, n, 512)])
+    starts: Iterable[int] = range(0, n, 512)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="sampling the generator", unit="batch", leave=False, file=sys.stderr)
+    images = np.concatenate([sample(run, min(512, n - s), seed + s) for s in starts])
     return ImageSet(images, [f"G[{i}]" for i in range(n)], None, f"{n} samples from the generator of {run}")
 
 
