@@ -23,7 +23,7 @@ MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
 MNIST_IMAGES = "mnist-shuffled-images-idx3-ubyte"
 MNIST_LABELS = "mnist-shuffled-labels-idx1-ubyte"
-MNIST_TRAIN = 6000  # shuffled indices [0, 6000) train the GAN; [6000, 8000) ideal generator; [8000, 10000) held out
+MNIST_TRAIN = 6000  # shuffled indices [0, 6000): reference; [6000, 8000): ideal generator; [8000, 10000): held out
 CIFAR_PER_CLASS = 1000
 
 
@@ -68,8 +68,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shuffled_mnist(args.out)
     cifar_folders(args.out)
+    # The runs of docs/benchmarks.md (A1): MNIST on t10k 0:8000 (the healthy-gan row audits it against its own
+    # training and validation images, so it needs no shuffled split), CIFAR-10 stopped at step 2,031 with Ctrl-C.
     common = "--size 32 --encoder-steps 0 --no-generated-head --seed 0"
-    print(f"ganaudit train {args.out / MNIST_IMAGES} --index-range 0:{MNIST_TRAIN} --steps 3000 {common} --out {args.out}/run-mnist")
+    print(f"ganaudit train {MNIST_DIR / 't10k-images-idx3-ubyte.gz'} --index-range 0:8000 --steps 2000 {common} --out {args.out}/run-mnist")
     print(f"ganaudit train {args.out / 'cifar-train'} --steps 3000 {common} --out {args.out}/run-cifar")
 
 
