@@ -143,6 +143,9 @@ def train(
     sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    audit: Annotated[
+        bool, typer.Option(help="End with a short audit of the generator against the held-out images (RUN/audit/).")
+    ] = True,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
@@ -188,6 +191,12 @@ def train(
         )  # fmt: skip
     except KeyboardInterrupt:
         raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
+    if audit:
+        from .audit.after_training import audit_run, report_dir, summary
+
+        headline = audit_run(out, progress=progress)
+        if headline is not None:
+            typer.echo(f"audit: {summary(headline)}; report in {report_dir(out)}", err=True)
     typer.echo(f"run complete: {out}")
 
 
@@ -303,6 +312,10 @@ def info(
     data = prov.get("data", {})
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
+    if prov.get("audit"):
+        from .audit.after_training import summary
+
+        lines.append(f"audit:         {summary(prov['audit'])} ({prov['audit']['n_generated']} samples, after training)")
     typer.echo("\n".join(lines))
 
 
@@ -322,10 +335,12 @@ def _describe_scoring(scoring: dict) -> str:
 from .cli_scan import register as _register_scan  # noqa: E402
 from .service.cli import register as _register_serve  # noqa: E402
 from .cli_models import register as _register_models  # noqa: E402
+from .cli_audit import register as _register_audit  # noqa: E402
 
 _register_scan(app)
 _register_serve(app)
 _register_models(app)
+_register_audit(app)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from .scoring import COMPONENTS, KNN_K, LAYOUT_NAMES, SCORE_METHODS, ScoringMode
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
 from .layout import STATIONARY_BELOW, alignment, is_stationary
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
-from .train import MEMORY_BANK, load_networks
+from .train import AUDIT_JSON, MEMORY_BANK, load_networks
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,14 @@ def provenance(run_dir: Path, cfg_dict: dict[str, Any], quantize: str) -> dict[s
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export_ganaudit_version": __version__,
         "export_torch_version": torch.__version__,
+        "audit": run_audit_headline(run_dir),
     }
+
+
+def run_audit_headline(run_dir: Path) -> dict[str, Any] | None:
+    """The headline figures of the audit training ended with (RUN_DIR/audit/audit.json), if there is one."""
+    path = run_dir / AUDIT_JSON
+    return json.loads(path.read_text()).get("headline") if path.is_file() else None
 
 
 def with_spec(proto: onnx.ModelProto, spec: ModelSpec) -> bytes:

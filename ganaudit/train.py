@@ -11,6 +11,7 @@ Run directory layout::
     RUN_DIR/metrics.jsonl        one JSON line per logged step
     RUN_DIR/samples/step_*.png   EMA-generator sample grids
     RUN_DIR/checkpoints/last.pt  state_dicts + optimiser + RNG state (weights_only loadable)
+    RUN_DIR/audit/audit.json     the audit `ganaudit train` ends with (+ audit.html; ganaudit.audit.after_training)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 MEMORY_BANK = "memory_bank.npy"
 MEMORY_BANK_MAX = 4096
+AUDIT_JSON = "audit/audit.json"
 # Generated-head steps per GAN step by default: 4x beat 0.2x, 0.6x, 1.2x and 2x on the Q2 development split
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4

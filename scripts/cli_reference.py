@@ -116,12 +116,22 @@ def render() -> str:
         first = inspect.cleandoc(cmd.help or "").split("\n\n")[0]
         lines.append(f"| [`{n}`](#{PROG}-{n}) | {_cell(first)} |")
     for n, cmd in commands.items():
-        sub = cmd.make_context(n, [], parent=ctx, resilient_parsing=True)
-        params = [p for p in cmd.get_params(sub) if p.name != "help"]
-        lines += ["", f"## `{PROG} {n}`", "", _escape(inspect.cleandoc(cmd.help or "")), ""]
-        lines += ["```text", _usage(n, params), "```", ""]
-        lines += _table(params, sub)
+        lines += _command(n, cmd, ctx)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _command(name: str, cmd: Any, ctx: Any) -> list[str]:
+    """One command's section; a command group (``audit``) is followed by a section per subcommand."""
+    sub = cmd.make_context(name.split()[-1], [], parent=ctx, resilient_parsing=True)
+    params = [p for p in cmd.get_params(sub) if p.name != "help"]
+    lines = ["", f"## `{PROG} {name}`", "", _escape(inspect.cleandoc(cmd.help or "")), ""]
+    if hasattr(cmd, "list_commands"):
+        lines += [f"Subcommands: {', '.join(f'`{name} {c}`' for c in cmd.list_commands(sub))}."]
+        for c in cmd.list_commands(sub):
+            lines += _command(f"{name} {c}", cmd.get_command(sub, c), sub)
+        return lines
+    lines += ["```text", _usage(name, params), "```", ""]
+    return lines + _table(params, sub)
 
 
 # --- mkdocs hook ------------------------------------------------------------------------------

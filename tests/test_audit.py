@@ -1,0 +1,275 @@
+"""ganaudit audit gan: the metrics against reference implementations, the verdicts on built-to-fail generators, and
+the CLI (exit codes, audit.json, self-contained audit.html)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ganaudit.audit.copying import c_t
+from ganaudit.audit.ndb import ndb
+from ganaudit.audit.kmeans import assign, kmeans
+from ganaudit.audit.prdc import prdc
+from ganaudit.audit.stats import holm, mann_whitney_z
+
+from .conftest import run_cli
+
+
+def test_prdc_matches_the_prdc_package_to_1e_6():
+    compute_prdc = pytest.importorskip("prdc").compute_prdc
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(900, 32)).astype(np.float32)
+    fake = (rng.normal(size=(700, 32)) * 0.9 + 0.2).astype(np.float32)
+    for k in (3, 5):
+        with contextlib.redirect_stdout(io.StringIO()):  # compute_prdc prints the set sizes
+            want = compute_prdc(real, fake, k)
+        got = prdc(real, fake, k, chunk=128)  # several chunks: no full N x M matrix
+        for name in ("precision", "recall", "density", "coverage"):
+            assert abs(got[name] - want[name]) <= 1e-6, (name, got[name], want[name])
+
+
+def test_swapping_the_arguments_flips_precision_and_recall_on_a_collapsed_set():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(600, 8))
+    collapsed = real[:3].repeat(200, axis=0) + rng.normal(scale=0.01, size=(600, 8))
+    right, swapped = prdc(real, collapsed), prdc(collapsed, real)
+    assert right["precision"] > 0.9 and right["recall"] < 0.05
+    assert swapped["precision"] < 0.05 and swapped["recall"] > 0.9
+
+
+def test_holm_and_mann_whitney_match_scipy_and_statsmodels_conventions():
+    stats = pytest.importorskip("scipy.stats")
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=40), rng.normal(0.5, size=55).round(1)  # ties in y
+    u = stats.mannwhitneyu(x, y).statistic  # U of x: pairs with x > y, ties half
+    z = (u - 40 * 55 / 2) / np.sqrt(40 * 55 * (40 + 55 + 1) / 12)
+    assert mann_whitney_z(x, y) == pytest.approx(z)
+
+
+def test_ndb_is_zero_for_the_same_distribution_and_counts_dropped_modes():
+    rng = np.random.default_rng(0)
+    centers_true = rng.normal(scale=10, size=(6, 4))
+    ref = centers_true[rng.integers(0, 6, 3000)] + rng.normal(size=(3000, 4))
+    same = centers_true[rng.integers(0, 6, 3000)] + rng.normal(size=(3000, 4))
+    half = centers_true[rng.integers(0, 3, 3000)] + rng.normal(size=(3000, 4))
+    centers = kmeans(ref, 6, seed=0)
+    bins = assign(ref, centers)
+    assert ndb(bins, same, centers)["ndb"] == 0
+    dropped = ndb(bins, half, centers)
+    assert dropped["ndb"] == 6 and dropped["missing_mass"] == pytest.approx(0.5, abs=0.05)
+    assert dropped["jsd"] > ndb(bins, same, centers)["jsd"]
+
+
+def test_c_t_handles_cells_without_generated_or_held_out_samples():
+    rng = np.random.default_rng(0)
+    d_hold, d_gen = rng.uniform(1, 2, 200), rng.uniform(0, 1, 300)  # generated closer than held-out: copying
+    hold_cells, gen_cells = rng.integers(0, 3, 200), np.zeros(300, int)  # cells 1, 2 and 3: no generated sample
+    r = c_t(d_hold, hold_cells, d_gen, gen_cells, k=4)
+    assert r["c_t"] < -3 and r["cells_used"] == 1
+    assert r["cells_without_generated"] == 3 and r["cells_without_holdout"] == 1
+    assert c_t(d_hold, hold_cells, d_gen, np.full(300, 3), k=4)["c_t"] is None  # no cell usable: None, no crash
+
+
+# --------------------------------------------------------------------------- CLI on MNIST
+
+
+def _mnist(mnist_path, lo: int, hi: int) -> str:
+    return f"{mnist_path}?range={lo}:{hi}"
+
+
+def _npy(path, images: np.ndarray) -> str:
+    np.save(path, images.astype(np.float32))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays(mnist_path):
+    from ganaudit.audit.sources import load_images
+
+    return load_images(_mnist(mnist_path, 0, 1200), 16)
+
+
+def _audit(tmp_path, generated: str, reference: str, holdout: str, *extra: str):
+    out = tmp_path / "audit"
+    res = run_cli("audit", "gan", generated, "--reference", reference, "--holdout", holdout, "--out", out,
+                  "--size", "16", "--bins", "8", "--no-progress", *extra)  # fmt: skip
+    report = json.loads((out / "audit.json").read_text()) if (out / "audit.json").exists() else None
+    return res, report, out
+
+
+def test_held_out_real_images_pass_every_rule(tmp_path, mnist_path):
+    res, r, out = _audit(tmp_path, _mnist(mnist_path, 600, 1200), _mnist(mnist_path, 0, 600),
+                         _mnist(mnist_path, 1200, 1800), "--fail-on", "collapse,memorisation,imbalance,underfit")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert {n: v["tripped"] for n, v in r["verdicts"].items()} == dict.fromkeys(r["verdicts"], False)
+    assert r["balance"]["classifier_accuracy"] > 0.6 and len(r["balance"]["classes"]) == 10
+    assert "no flags" in res.stdout and str(out / "audit.html") in res.stdout
+
+
+def test_copies_of_training_images_trip_memorisation_and_exit_1(tmp_path, mnist_path, mnist_arrays):
+    copies = mnist_arrays.images[:600] + np.random.default_rng(0).normal(0, 0.02, (600, 1, 16, 16))
+    res, r, out = _audit(tmp_path, _npy(tmp_path / "g.npy", copies), _mnist(mnist_path, 0, 600),
+                         _mnist(mnist_path, 1200, 1800), "--fail-on", "memorisation")  # fmt: skip
+    assert res.exit_code == 1, res.output
+    m = r["memorisation"]
+    assert r["verdicts"]["memorisation"]["tripped"] and m["copy_share"]["share"] > 0.5 and m["c_t"]["c_t"] < -3
+    page = (out / "audit.html").read_text()
+    assert "Closest generated / training pairs" in page and "data:image/png;base64," in page
+    assert "src=\"http" not in page and "<script src" not in page  # self-contained
+
+
+def test_a_few_repeated_images_trip_collapse_and_explain_the_class_imbalance(tmp_path, mnist_path, mnist_arrays):
+    few = np.repeat(mnist_arrays.images[700:704], 150, axis=0)  # 4 held-out images, never trained on
+    res, r, _ = _audit(tmp_path, _npy(tmp_path / "g.npy", few), _mnist(mnist_path, 0, 600),
+                       _mnist(mnist_path, 1200, 1800), "--fail-on", "imbalance")  # fmt: skip
+    assert r["verdicts"]["collapse"]["tripped"] and r["fidelity"]["recall"] < 0.2
+    assert r["verdicts"]["imbalance"]["superseded_by"] == "collapse"
+    assert res.exit_code == 1  # an imbalance gate fails on a collapsed generator too
+
+
+def test_missing_classes_trip_imbalance_and_count_as_zero(tmp_path, mnist_path, mnist_arrays):
+    from ganaudit.datasets import read_idx
+
+    labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[600:1200]
+    keep = np.flatnonzero(labels >= 3)  # classes 0, 1, 2 missing
+    res, r, _ = _audit(tmp_path, _npy(tmp_path / "g.npy", mnist_arrays.images[600:1200][keep]),
+                       _mnist(mnist_path, 0, 600), _mnist(mnist_path, 1200, 1800))  # fmt: skip
+    assert res.exit_code == 0  # no --fail-on: report only
+    shares = {c["class"]: c["generated_share"] for c in r["balance"]["classes"]}
+    assert set(shares) == {str(i) for i in range(10)} and shares["0"] < 0.05 and shares["1"] < 0.05
+    assert r["verdicts"]["imbalance"]["tripped"] and not r["verdicts"]["collapse"]["tripped"]
+
+
+def test_blurred_images_trip_underfit(tmp_path, mnist_path, mnist_arrays):
+    blurry = np.stack([cv2.GaussianBlur(x[0], (0, 0), 1.5)[None] for x in mnist_arrays.images[600:1200]])
+    _, r, _ = _audit(tmp_path, _npy(tmp_path / "g.npy", blurry), _mnist(mnist_path, 0, 600), _mnist(mnist_path, 1200, 1800))
+    assert r["verdicts"]["underfit"]["tripped"] and r["fidelity"]["precision"] < 0.3
+
+
+def test_folder_labels_from_csv_and_unreadable_files_are_left_out(tmp_path, mnist_path):
+    from ganaudit.datasets import read_idx
+
+    images = read_idx(mnist_path)[:300]
+    labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[:300]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rows = ["path,label"]
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        cv2.imwrite(str(ref / f"{i:04d}.png"), img)
+        rows.append(f"{i:04d}.png,{'even' if lab % 2 == 0 else 'odd'}")
+    (ref / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i, img in enumerate(read_idx(mnist_path)[300:500]):
+        cv2.imwrite(str(gen / f"{i}.png"), img)
+    out = tmp_path / "out"
+    res = run_cli("audit", "gan", gen, "--reference", ref, "--labels", tmp_path / "labels.csv", "--out", out,
+                  "--size", "16", "--bins", "5", "--no-progress", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert [c["class"] for c in r["balance"]["classes"]] == ["even", "odd"]
+    assert r["unreadable"]["reference"] == 1 and r["counts"]["reference"] == 300
+    assert r["verdicts"]["memorisation"]["tripped"] is None  # no held-out images: not judged
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, mnist_path):
+    res = run_cli("audit", "gan", tmp_path / "nope", "--reference", _mnist(mnist_path, 0, 100), "--no-progress")
+    assert res.exit_code == 2 and res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) == 1
+    res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100), "--fail-on", "bias")
+    assert res.exit_code == 2 and "unknown verdict bias" in res.stderr
+    res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--no-progress")
+    assert res.exit_code == 2 and "--reference is required" in res.stderr
+
+
+def test_a_training_run_is_sampled_and_audited_against_its_own_images(tmp_path, tiny_run):
+    out = tmp_path / "audit"
+    res = run_cli("audit", "gan", tiny_run, "-n", "300", "--out", out, "--bins", "5", "--no-progress", "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["counts"]["generated"] == 300 and r["counts"]["holdout"] > 0
+    assert "memory_bank.npy" in r["reference"] and "validation" in r["holdout"]
+    assert r["memorisation"]["c_t"]["c_t"] is not None
+
+
+# --------------------------------------------------------------------------- audit detector
+
+
+def test_detector_audit_per_group_rates_calibration_and_realised_fpr(tmp_path, tiny_model, mnist_test_images):
+    from ganaudit.audit.detector import reliability
+
+    images, labels = mnist_test_images
+    rows = ["path,anomaly,stroke"]
+    for i, (img, lab) in enumerate(zip(images[:160], labels[:160])):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), img)
+        rows.append(f"{i:03d}.png,{int(lab != 0)},{'heavy' if img.mean() > 35 else 'light'}")
+    (tmp_path / "truth.csv").write_text("\n".join(rows))
+    out = tmp_path / "audit"
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv",
+                  "--group", "stroke", "--out", out, "--no-progress", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)["heads"]["anomaly"]
+    assert set(r["groups"]) == {"all", "heavy", "light"} and r["groups"]["all"]["n"] == 160
+    tpr = [r["groups"][g]["tpr"]["value"] for g in ("heavy", "light")]
+    assert r["between_groups"]["tpr"]["difference"] == pytest.approx(max(tpr) - min(tpr))
+    lo, hi = r["groups"]["all"]["auroc"]["ci"]
+    assert lo <= r["groups"]["all"]["auroc"]["value"] <= hi and r["groups"]["all"]["auroc"]["value"] > 0.8
+    assert r["fpr_at_threshold"]["target"] is not None and r["fpr_at_threshold"]["n_normal"] == int((labels[:160] == 0).sum())
+    assert "ganaudit detector audit" in (out / "audit.html").read_text()
+    # ECE from the bin counts: a perfectly calibrated toy case gives 0, an over-confident one its gap
+    y = np.array([0, 1] * 50)
+    assert reliability(y, np.full(100, 0.5))["ece"] == pytest.approx(0.0)
+    assert reliability(y, np.full(100, 0.9))["ece"] == pytest.approx(0.4)
+    assert sum(b["count"] for b in reliability(y, np.linspace(0, 1, 100))["bins"]) == 100
+
+
+def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny_model):
+    (tmp_path / "truth.csv").write_text("path,anomaly\nnothing.png,1\n")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv")
+    assert res.exit_code == 2 and "has a row in" in res.stderr
+
+
+def test_training_ends_with_an_audit_and_export_copies_its_headline(tiny_run, tiny_model):
+    from ganaudit.runtime import Detector
+
+    saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
+    head = saved["headline"]
+    assert head["n_generated"] == 1000 and head["n_holdout"] > 0 and 0 <= head["precision"] <= 1
+    assert head["precision"] == saved["fidelity"]["precision"] and "random conv net" in head["features"]
+    assert (tiny_run / "audit" / "audit.html").is_file()
+    assert Detector.load(tiny_model).spec.provenance["audit"] == head
+
+
+def test_an_onnx_feature_extractor_and_the_discriminator_view(tmp_path, mnist_path, tiny_run):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # features = 4x4 average-pooled pixels (16 numbers per image), any batch size, 1 x 16 x 16 input
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[4, 4], strides=[4, 4]),
+         helper.make_node("Flatten", ["p"], ["f"])],
+        "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["n", 16])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "pool.onnx")
+    res, r, _ = _audit(tmp_path, _mnist(mnist_path, 600, 900), _mnist(mnist_path, 0, 300), _mnist(mnist_path, 900, 1200),
+                       "--features", str(tmp_path / "pool.onnx"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "pool.onnx" in r["features"] and r["fidelity"]["precision"] > 0.5
+    res = run_cli("audit", "gan", tiny_run, "-n", "200", "--features", "discriminator", "--bins", "4", "--no-progress",
+                  "--out", tmp_path / "d", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "discriminator" in json.loads(res.stdout)["features"]
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100),
+                  "--features", tmp_path / "bad.onnx", "--no-progress")  # fmt: skip
+    assert res.exit_code == 2 and "not a usable ONNX model" in res.stderr
