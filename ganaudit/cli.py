@@ -116,12 +116,12 @@ def train(
     ema: Annotated[float, typer.Option(help="EMA decay of the generator copy used for scoring.")] = 0.999,
     kappa: Annotated[float, typer.Option(help="Weight of the D-feature residual in izi_f.")] = 1.0,
     rotation: Annotated[
-        Optional[float],
+        float,
         typer.Option(
             help="Weight of D's self-supervised rotation task (which way is up; its score joins the anomaly "
-            "score). Default: 1, or 0 (off) when the images look alike at every position, e.g. textures."
+            "score). 0 = off. Try 1 for photographs of objects; see docs/training.md."
         ),
-    ] = None,
+    ] = 0.0,
     rotation_g: Annotated[float, typer.Option(help="Weight of the rotation task in G's loss.")] = 0.2,
     r1: Annotated[float, typer.Option(help="R1 penalty weight (0 = off).")] = 0.0,
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
@@ -247,8 +247,9 @@ def export_cmd(
         str,
         typer.Option(
             help="Weights of the fused score (not with --score izif): aligned (images share a layout, e.g. "
-            "centred digits or objects: image-level components), stationary (textures and surfaces: the local patch distance), or auto "
-            "(decided from the training images)."
+            "centred digits or objects: image-level components), stationary (textures and surfaces: the local patch distance), "
+            "oriented (aligned, with D's rotation task: its rotation score), or auto (decided from the training images "
+            "and the run)."
         ),
     ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,

@@ -314,11 +314,13 @@ def fit_fusion(
 ) -> dict[str, Any]:
     """Fit the fused anomaly score's centres (median) and scales (IQR / 1.349) on normal validation images;
     its weights are those of ``layout`` (``auto``: stationary when the training images' alignment
-    ``aligned_by`` is below STATIONARY_BELOW)."""
+    ``aligned_by`` is below STATIONARY_BELOW, else oriented when D learnt the rotation task, else aligned)."""
     if layout == "auto":
         if aligned_by is None:
             raise ValueError("layout='auto' needs the training images' alignment")
-        layout = "stationary" if is_stationary(aligned_by) else "aligned"
+        layout = "stationary" if is_stationary(aligned_by) else "oriented" if model.has_rotation else "aligned"
+    if layout == "oriented" and not model.has_rotation:
+        raise ConfigError("--layout oriented needs a D trained with the rotation task (ganaudit train --rotation 1)")
     weights = [c.weights[layout] for c in model.components]
     t = fusion_table(model, val, batch)
     center = np.median(t, axis=0)

@@ -27,15 +27,17 @@ class Component:
 
 
 # The one table of score components: graph outputs, fusion inputs, weights, the spec and `info` derive from it.
+# Layouts: `aligned` (images share a layout), `stationary` (every position alike: textures), `oriented` (aligned
+# images scored by a D that learnt the rotation task: Q1 and Q4 dev splits together chose its weights).
 COMPONENTS = (
-    Component("pixel_residual", "log", {"aligned": 0.0, "stationary": 0.0}),
-    Component("feature_residual", "log", {"aligned": 1.0, "stationary": 0.0}),
-    Component("disc_logit", "negate", {"aligned": 0.5, "stationary": 0.0}),
-    Component("knn_distance", "log", {"aligned": 4.0, "stationary": 0.0}),
-    Component("patch_distance", "log", {"aligned": 0.0, "stationary": 1.0}),
-    Component("rotation_score", "log", {"aligned": 0.0, "stationary": 0.0}, needs="rotation"),
+    Component("pixel_residual", "log", {"aligned": 0.0, "stationary": 0.0, "oriented": 0.0}),
+    Component("feature_residual", "log", {"aligned": 1.0, "stationary": 0.0, "oriented": 1.0}),
+    Component("disc_logit", "negate", {"aligned": 0.5, "stationary": 0.0, "oriented": 0.0}),
+    Component("knn_distance", "log", {"aligned": 4.0, "stationary": 0.0, "oriented": 0.0}),
+    Component("patch_distance", "log", {"aligned": 0.0, "stationary": 1.0, "oriented": 0.0}),
+    Component("rotation_score", "log", {"aligned": 0.0, "stationary": 0.0, "oriented": 4.0}, needs="rotation"),
 )
-LAYOUT_NAMES = ("aligned", "stationary")
+LAYOUT_NAMES = ("aligned", "stationary", "oriented")
 # Graph outputs: the score and map, then the raw components (izif_score is f-AnoGAN's score, not fused).
 BASE_OUTPUTS = ["anomaly_score", "anomaly_map", "disc_logit", "pixel_residual", "feature_residual", "izif_score",
                 "knn_distance", "patch_distance"]  # fmt: skip
@@ -129,7 +131,7 @@ class ScoringModel(nn.Module):
         self.kappa = float(kappa)
         self.register_buffer("kernel", gaussian_kernel(map_sigma) if map_sigma > 0 else torch.ones(1, 1, 1, 1))
         self.fused = False
-        self.components = components_of(self.D.rotation_head is not None)
+        self.components = components_of(self.has_rotation)
         self.register_buffer("fusion_center", torch.zeros(len(self.components)))
         self.register_buffer("fusion_scale", torch.ones(len(self.components)))
         self.register_buffer("fusion_weight", torch.zeros(len(self.components)))
@@ -184,6 +186,11 @@ class ScoringModel(nn.Module):
         if scoring.get("method") == "fused":
             self.set_fusion(scoring["center"], scoring["scale"], scoring["weight"])
         return self
+
+    @property
+    def has_rotation(self) -> bool:
+        """Whether D learnt the rotation task (the graph then outputs ``rotation_score``)."""
+        return self.D.rotation_head is not None
 
     @property
     def input_names(self) -> list[str]:
@@ -253,7 +260,7 @@ class ScoringModel(nn.Module):
             "patch_distance": raw_map.flatten(1).amax(1),
         }
         raw["izif_score"] = raw["pixel_residual"] + self.kappa * raw["feature_residual"]
-        if self.D.rotation_head is not None:
+        if self.has_rotation:
             raw["rotation_score"] = self.rotation_score(image)
         return raw, raw_map
 

@@ -229,17 +229,27 @@ def test_every_command_documents_every_option():
                 assert param.help, f"{name} --{param.name} has no help text"
 
 
-def test_rotation_task_is_on_for_images_with_a_layout_and_off_for_textures(tmp_path):
-    from ganaudit.datasets import Dataset
-    from ganaudit.train import ROTATION_WEIGHT, resolve_rotation
+def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout(tmp_path, mnist_path):
+    from ganaudit import Detector
+    from ganaudit.export import FUSION_WEIGHTS
 
-    digits = load_dataset("sklearn:digits?label=3", size=16)
-    assert resolve_rotation(TrainConfig(size=16), digits).rotation == ROTATION_WEIGHT
-    rng = np.random.default_rng(0)
-    surface = rng.uniform(-1, 1, (1, 1, 200, 200)).astype(np.float32)
-    patches = np.concatenate([surface[:, :, y : y + 16, x : x + 16] for y, x in rng.integers(0, 184, (300, 2))])
-    texture = Dataset(patches, [str(i) for i in range(300)], None, {})
-    assert resolve_rotation(TrainConfig(size=16), texture).rotation == 0.0
-    assert resolve_rotation(TrainConfig(size=16, rotation=0.5), texture).rotation == 0.5  # an explicit choice wins
-    with pytest.raises(ConfigError, match="rotation"):
-        TrainConfig(rotation=-1)
+    run, model = tmp_path / "rot", tmp_path / "rot.onnx"
+    args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "30", "--encoder-steps", "10", "--batch-size", "16",
+            "--no-generated-head", "--no-progress", "--no-audit", "--rotation", "1"]  # fmt: skip
+    res = run_cli("train", mnist_path, "--label", "1", "--index-range", "0:2000", "--out", run, *args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "config.json").read_text())["rotation"] == 1.0
+    assert run_cli("export", run, "-o", model).exit_code == 0
+    det = Detector.load(model)
+    sc = det.spec.scoring
+    assert sc["layout"] == "oriented" and sc["weight"] == list(FUSION_WEIGHTS["oriented"])
+    assert "rotation_score" in det.output_names and sc["components"][-1] == "rotation_score"
+    v = det.detect(np.zeros((28, 28), np.uint8))
+    assert v.components["rotation_score"] > 0  # a summed cross-entropy
+    bad = run_cli("train", mnist_path, "--out", tmp_path / "x", "--rotation", "-1", *args[:-2])
+    assert bad.exit_code == 2 and "rotation" in bad.stderr
+
+
+def test_export_refuses_the_oriented_layout_without_the_rotation_task(tiny_run, tmp_path):
+    res = run_cli("export", tiny_run, "-o", tmp_path / "m.onnx", "--layout", "oriented")
+    assert res.exit_code == 2 and "--rotation" in res.stderr and not (tmp_path / "m.onnx").exists()
