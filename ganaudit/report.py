@@ -52,7 +52,7 @@ __all__ = [
 # The row contract (issue 4), then the extras that --resume needs.
 COLUMNS = [
     "path", "status", "error", "width", "height", "anomaly_score", "anomaly_percentile", "anomaly_flag",
-    "generated_score", "generated_flag", "flagged", "sha256",
+    "generated_score", "generated_flag", "flagged", "sha256", "in_domain", "domain_score", "reasons",
 ]  # fmt: skip
 EXTRA_COLUMNS = ["size", "mtime"]
 ROW_FIELDS = COLUMNS + EXTRA_COLUMNS
@@ -78,6 +78,8 @@ def _csv_cells(row: dict[str, Any]) -> list[Any]:
             cells.append("true" if value else "false")
         elif kind is float:
             cells.append(repr(value))
+        elif kind is list:  # reasons: one cell, sentences joined
+            cells.append(" ".join(map(str, value)))
         else:
             cells.append(value)
     return cells

@@ -179,7 +179,7 @@ def _load(detector: Detector, path: str) -> _Loaded:
 
 def _error_row(shown: str, error: str, loaded: _Loaded | None = None) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
-    row.update(path=shown, status="error", error=error, flagged=False)
+    row.update(path=shown, status="error", error=error, flagged=False, reasons=[f"Not scored: {error}"])
     if loaded is not None:
         row.update(sha256=loaded.sha256, size=loaded.size, mtime=loaded.mtime)
     return row
@@ -211,7 +211,8 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
                     "anomaly_score": _finite(v.anomaly_score), "anomaly_percentile": v.anomaly_percentile,
                     "anomaly_flag": v.anomaly_flag, "generated_score": _finite(v.generated_score),
                     "generated_flag": v.generated_flag, "flagged": v.flagged, "sha256": x.sha256,
-                    "size": x.size, "mtime": x.mtime,
+                    "size": x.size, "mtime": x.mtime, "in_domain": v.in_domain,
+                    "domain_score": _finite(v.domain_score), "reasons": v.reasons,
                 }  # fmt: skip
         rows.append(row)
     return rows
@@ -229,7 +230,9 @@ class _Tally:
 
     def __init__(self, top_k: int, max_errors: int = MAX_REPORTED_ERRORS) -> None:
         self.counts = dict.fromkeys(
-            ("candidates", "ok", "error", "flagged", "anomaly_flagged", "generated_flagged", "resumed", "scored"), 0
+            ("candidates", "ok", "error", "flagged", "anomaly_flagged", "generated_flagged", "out_of_domain", "resumed",
+             "scored"),
+            0,
         )
         self.anomaly = array("d")
         self.generated = array("d")
@@ -257,6 +260,7 @@ class _Tally:
             self.generated.append(g)
         c["anomaly_flagged"] += bool(row.get("anomaly_flag"))
         c["generated_flagged"] += bool(row.get("generated_flag"))
+        c["out_of_domain"] += row.get("in_domain") is False
         if row.get("flagged"):
             c["flagged"] += 1
             if self.top_k > 0:

@@ -144,13 +144,21 @@ def det(tiny_model) -> Detector:
 
 
 def check_generated_fields(row: dict, det: Detector) -> None:
-    """The generated columns: a probability and a flag with a generated head, null without one."""
-    if det.has_generated_head:
+    """The generated columns: a probability and a flag with a generated head, null without one or when the
+    domain gate abstains (the image is then reported as anomalous)."""
+    assert row["reasons"] and all(isinstance(s, str) and s for s in row["reasons"])
+    if row["in_domain"] is False:
+        assert row["generated_score"] is None and row["generated_flag"] is None
+        assert row["anomaly_flag"] is True and row["flagged"] is True
+        assert any("out of domain" in s for s in row["reasons"])
+    elif det.has_generated_head:
+        assert row["in_domain"] is True
+        assert 0.0 <= row["generated_score"] <= 1.0
         assert 0.0 <= row["generated_score"] <= 1.0
         assert row["generated_flag"] == (row["generated_score"] > det.thresholds.generated)
         assert row["flagged"] == (row["anomaly_flag"] or row["generated_flag"])
     else:
-        assert row["generated_score"] is None and row["generated_flag"] is None
+        assert row["generated_score"] is None and row["generated_flag"] is None and row["in_domain"] is None
         assert row["flagged"] == row["anomaly_flag"]
 
 
@@ -366,8 +374,11 @@ def test_model_with_a_generated_head_fills_its_columns_and_report(tree, head_mod
         assert r["status"] == "ok"
         check_generated_fields(r, det)
     for r, ref in zip(readable, det.detect([r["path"] for r in readable])):
-        assert r["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
-    assert summary["counts"]["generated_flagged"] == sum(r["generated_flag"] for r in rows)
+        assert r["in_domain"] == ref.in_domain and r["reasons"] == ref.reasons
+        if ref.in_domain:
+            assert r["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
+    assert summary["counts"]["generated_flagged"] == sum(bool(r["generated_flag"]) for r in rows)
+    assert summary["counts"]["out_of_domain"] == sum(r["in_domain"] is False for r in rows)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "generated probability" in page and page.count('class="thr"') == 2
     assert page.count('src="data:image/png;base64,') == 2 * sum(r["flagged"] for r in rows)
@@ -376,9 +387,11 @@ def test_model_with_a_generated_head_fills_its_columns_and_report(tree, head_mod
                   "--generated-threshold", "1", "--fail-on-flag", "--no-progress", "--format", "jsonl")  # fmt: skip
     assert res.exit_code == 0, res.output
     res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "lo", "--anomaly-threshold", "1e9",
-                  "--generated-threshold", "0", "--fail-on-flag", "--no-progress", "--format", "jsonl", "--json")  # fmt: skip
+                  "--generated-threshold", "0", "--fail-on-flag", "--no-progress", "--format", "jsonl", "--json",
+                  "--no-domain-gate")  # fmt: skip
     assert res.exit_code == 1
     lo = read_jsonl(tmp_path / "lo/results.jsonl")
+    assert all(r["in_domain"] is None and any("switched off" in s for s in r["reasons"]) for r in lo)
     assert all(r["generated_flag"] == (r["generated_score"] > 0) and r["flagged"] == r["generated_flag"] for r in lo)
     assert json.loads(res.stdout)["thresholds"]["how"]["generated"] == "set with --generated-threshold"
 

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, evidence
 from ..errors import ConfigError, GanauditError
 from ..grid import encode_png
 from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
@@ -136,7 +136,9 @@ def heatmap_png(anomaly_map: np.ndarray) -> bytes:
 
 
 # Verdict fields a result carries, in order (Verdict.to_dict() deep-copies via asdict: too slow per image here).
-_RESULT_FIELDS = tuple(f.name for f in fields(Verdict) if f.name not in ("source", "components", "anomaly_map"))
+_RESULT_FIELDS = tuple(
+    f.name for f in fields(Verdict) if f.name not in ("source", "components", "anomaly_map", "generated_map")
+)
 
 
 def _result(filename: str | None, v: Verdict) -> dict[str, Any]:
@@ -145,6 +147,8 @@ def _result(filename: str | None, v: Verdict) -> dict[str, Any]:
         d[name] = _finite(getattr(v, name))
     d["components"] = {k: _finite(val) for k, val in v.components.items()}
     d["anomaly_map"] = base64.b64encode(heatmap_png(v.anomaly_map)).decode() if v.anomaly_map is not None else None
+    gm = v.generated_map
+    d["generated_map"] = None if gm is None else base64.b64encode(heatmap_png(evidence.for_display(gm))).decode()
     return d
 
 
