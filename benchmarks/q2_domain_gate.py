@@ -1,7 +1,9 @@
 """Q2 + the domain gate: what abstaining out of domain costs on in-domain fakes, and what it saves elsewhere.
 
 In domain: Q2's real images (MNIST t10k index >= 8000) and the samples of Q2's test GANs (trained by
-benchmarks/q2_generated.py into WORK/full/generators; the ones present are used). Out of domain: the demo's
+benchmarks/q2_generated.py into WORK/full/generators; the ones present are used), plus fresh samples of the
+model's own EMA generator (rebuilt from the model file as models/fit_domain_gate.py does; Q2's "own generator
+(seen)" row: a different seed from the gate's fit, but the same generator). Out of domain: the demo's
 anomalies (examples/images/anomalies), CIFAR-10 test photos and synthetic noise. Everything is scored once with
 the gate off; the gate is then applied to the same outputs (domain.domain_scores and the model's stored limit,
 plus any --extra-limit), and checked against the gated Detector on a sample.
@@ -82,6 +84,27 @@ def score_all(det, images: list, batch: int = 256) -> dict[str, np.ndarray]:
     return {"generated": np.asarray(g, np.float64), "anomaly": anomaly, "domain": dom}
 
 
+def own_samples(model: Path, n: int, seed: int) -> list[np.ndarray]:
+    """n samples (uint8 HWC) of the EMA generator stored in the model file."""
+    import onnx
+    import torch
+
+    sys.path.insert(0, str(ROOT / "models"))
+    from fit_domain_gate import networks_from_file
+
+    from ganaudit.generated import to_uint8
+    from ganaudit.spec import METADATA_KEY
+    from ganaudit.train import TrainConfig
+
+    proto = onnx.load(str(model))
+    spec = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
+    cfg = TrainConfig.from_dict(spec["provenance"]["config"])
+    G, _ = networks_from_file(proto, cfg)
+    with torch.no_grad():
+        z = torch.randn(n, cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+        return list(to_uint8(G(z).numpy()))
+
+
 def gated(s: dict[str, np.ndarray], limit: float) -> np.ndarray:
     return np.where(s["domain"] <= limit, s["generated"], 0.0)
 
@@ -120,6 +143,8 @@ def main() -> None:
     if not gens:
         sys.exit(f"error: no Q2 test generators under {args.work}/full/generators (run benchmarks/q2_generated.py)")
     sets = {"real": real, **{n: sample_u8(p, args.n_test, seed=100) for n, p in gens}}
+    sets["own generator (seen)"] = own_samples(model, args.n_test, seed=100)
+    gens.append(("own generator (seen)", model))
     anomalies = sorted((ROOT / "examples" / "images" / "anomalies").iterdir())
     ood = {"demo anomalies": [str(p) for p in anomalies], "CIFAR-10 test": cifar_test(args.n_cifar),
            "noise": noise(args.n_noise)}  # fmt: skip

@@ -19,10 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (runtime imports this module
 def percentile_words(pct: float) -> str:
     """An anomaly percentile in words: "stranger than 99.2 % of normal images"."""
     if pct >= 100.0:
-        return "stranger than every normal image the model held out to calibrate itself"
+        return "stranger than all the normal images the model was calibrated on"
     if pct <= 0.0:
-        return "more typical than every normal image the model held out to calibrate itself"
-    return f"stranger than {pct:.1f} % of normal images"
+        return "more typical than all the normal images the model was calibrated on"
+    return f"stranger than {pct:.2f} % of normal images" if pct > 99.9 else f"stranger than {pct:.1f} % of normal images"
 
 
 def _num(x: float) -> str:
@@ -37,13 +37,13 @@ def _anomaly(v: "Verdict", thr: "Thresholds") -> list[str]:
         out.append(f"Anomaly head fired: score {_num(v.anomaly_score)} is above its threshold {_num(thr.anomaly)}.")
     elif v.in_domain is False:
         out.append(
-            f"Anomaly head: score {_num(v.anomaly_score)} is not above its threshold {_num(thr.anomaly)}, "
-            "but the image is reported as anomalous because it is out of domain (below)."
+            f"Anomaly score {_num(v.anomaly_score)} is under its threshold {_num(thr.anomaly)}, but the image "
+            "is out of domain, so it is reported as anomalous."
         )
     else:
         out.append(f"Anomaly head did not fire: score {_num(v.anomaly_score)} is not above its threshold {_num(thr.anomaly)}.")
     if v.anomaly_percentile is not None:
-        out.append(f"The image is {percentile_words(v.anomaly_percentile)} (anomaly percentile {v.anomaly_percentile:.1f}).")
+        out.append(f"The image is {percentile_words(v.anomaly_percentile)} (percentile {v.anomaly_percentile:.1f}).")
     if v.anomaly_probability is not None:
         out.append(f"Calibrated probability that it is anomalous: {v.anomaly_probability * 100:.1f} %.")
     return out
@@ -51,7 +51,7 @@ def _anomaly(v: "Verdict", thr: "Thresholds") -> list[str]:
 
 def _generated(v: "Verdict", thr: "Thresholds") -> list[str]:
     if v.in_domain is False:
-        return ["Generated head abstains: it only knows images of its training domain, so it gives no probability here."]
+        return ["Generated head abstains: it only knows images of its training domain."]
     if v.generated_score is None:
         return []
     p = f"{v.generated_score * 100:.1f} %"
@@ -59,8 +59,8 @@ def _generated(v: "Verdict", thr: "Thresholds") -> list[str]:
         return [f"Generated head: calibrated probability {p} that the image is generated (no threshold set)."]
     t = f"{thr.generated * 100:.1f} %"
     if v.generated_flag:
-        return [f"Generated head fired: calibrated probability {p} that the image is generated, above its threshold {t}."]
-    return [f"Generated head did not fire: calibrated probability {p} that the image is generated, not above its threshold {t}."]
+        return [f"Generated head fired: probability {p} (calibrated) that the image is generated, above its threshold {t}."]
+    return [f"Generated head did not fire: probability {p} (calibrated) that it is generated, not above its threshold {t}."]
 
 
 def _gate(v: "Verdict", det: "Detector") -> list[str]:
@@ -74,10 +74,10 @@ def _gate(v: "Verdict", det: "Detector") -> list[str]:
     cover = f"{gate.get('coverage', 0) * 100:.0f} %"
     score, limit = _num(v.domain_score or 0.0), _num(float(gate["limit"]))
     if v.in_domain:
-        return [f"Domain gate: in domain (domain score {score}, limit {limit}), so the generated verdict applies."]
+        return [f"Domain gate: in domain (score {score}, limit {limit}); the generated verdict applies."]
     return [
-        f"Domain gate: out of domain (domain score {score} is above the limit {limit}, which {cover} of the "
-        "training domain's own real and generated images stay under), so the image is reported as anomalous."
+        f"Domain gate: out of domain (score {score} is above the limit {limit}, under which {cover} of the "
+        "model's own real and generated images fall)."
     ]
 
 

@@ -187,6 +187,10 @@ def test_service_client_calls_detect_and_kserve_infer(server, default_detector):
     assert infer["model_version"] == default_detector.spec_hash
     assert outputs["anomaly_flag"] == [False, True, True]
     assert outputs["anomaly_score"] == pytest.approx([r["anomaly_score"] for r in detect["results"]], rel=1e-5)
+    assert all(r["reasons"] for r in detect["results"])
+    if body["tritonclient"] is not None:  # the dev extra installs tritonclient: binary tensors both ways
+        assert body["tritonclient"]["anomaly_score"] == pytest.approx(outputs["anomaly_score"], rel=1e-5)
+        assert body["tritonclient"]["anomaly_flag"] == outputs["anomaly_flag"]
     # The readable form runs too, on its default demo images.
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
     assert res.returncode == 0, res.stderr

@@ -271,7 +271,11 @@ def test_report_html_is_self_contained_and_escaped(first_scan, tree, det):
     assert f"odd/{HOSTILE}" in names and "odd/bad\\xffname.png" in names
     for r in flagged:
         assert html.escape(r["path"]) in page
-    assert page.count('src="data:image/png;base64,') == 2 * len(flagged)  # thumbnail + heat map each
+    passed = sum(r["status"] == "ok" and not r["flagged"] for r in rows)
+    shown = len(flagged) + min(passed, 12)  # every flagged image and a sample of 12 passed ones
+    evidence = sum(bool(r["generated_flag"]) for r in flagged)  # the generated head's evidence map
+    assert page.count('src="data:image/png;base64,') == 2 * shown + evidence  # thumbnail + heat map each
+    assert ("Passed images" in page) == (passed > 0)
     assert "<svg" in page and 'class="thr"' in page  # histogram with its threshold line
     if det.has_generated_head:  # two histograms, each with its threshold line
         assert "generated probability" in page and page.count('class="thr"') == 2
@@ -381,7 +385,10 @@ def test_model_with_a_generated_head_fills_its_columns_and_report(tree, head_mod
     assert summary["counts"]["out_of_domain"] == sum(r["in_domain"] is False for r in rows)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "generated probability" in page and page.count('class="thr"') == 2
-    assert page.count('src="data:image/png;base64,') == 2 * sum(r["flagged"] for r in rows)
+    passed = sum(r["status"] == "ok" and not r["flagged"] for r in rows)
+    n_flagged, n_gen = sum(r["flagged"] for r in rows), sum(bool(r["generated_flag"]) for r in rows)
+    assert page.count('src="data:image/png;base64,') == 2 * (n_flagged + min(passed, 12)) + n_gen
+    assert page.count('<ul class="why">') == n_flagged + min(passed, 12)  # reasons beside each image
     # Thresholds per head: nothing flagged above 1e9 / a probability of 1; everything generated-flagged at 0.
     res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "hi", "--anomaly-threshold", "1e9",
                   "--generated-threshold", "1", "--fail-on-flag", "--no-progress", "--format", "jsonl")  # fmt: skip

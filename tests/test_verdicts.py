@@ -67,7 +67,7 @@ def test_reasons_say_which_head_fired_against_which_threshold(shipped):
     text = " ".join(v.reasons)
     assert v.reasons[0] == "Flagged as generated."
     assert "Generated head fired" in text and f"{shipped.thresholds.generated * 100:.1f} %" in text
-    assert f"stranger than {v.anomaly_percentile:.1f} % of normal images" in text
+    assert f"stranger than {v.anomaly_percentile:.1f} % of normal images" in text  # 98.77 -> 98.8
     assert "Domain gate: in domain" in text
     passed = shipped.detect(str(DEMO / "normal" / "digit0_mnist8007.png"))
     assert passed.reasons[0] == "Passed: no head fired."

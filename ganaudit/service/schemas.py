@@ -215,7 +215,11 @@ class RequestInput(BaseModel):
     shape: list[int] = Field(description="[N] (or [N, 1]): N images.")
     datatype: str = Field(description="Must be BYTES.")
     parameters: Optional[Parameters] = None
-    data: TensorData = Field(description="The encoded image files (PNG, JPEG, ...), base64, row-major (nesting allowed).")
+    data: Optional[TensorData] = Field(
+        None,
+        description="The encoded image files (PNG, JPEG, ...), base64, row-major (nesting allowed); left out when "
+        "parameters.binary_data_size puts them, raw, after the JSON (binary tensor data extension).",
+    )
 
 
 class RequestOutput(BaseModel):
@@ -246,7 +250,7 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: Optional[Parameters] = None
-    data: TensorData
+    data: Optional[TensorData] = Field(None, description="Left out for an output sent in binary form (parameters.binary_data_size).")
 
 
 class InferResponse(BaseModel):
