@@ -423,7 +423,7 @@ th.sort:after{content:" \\2195";color:#c0c8d2}
 th.asc:after{content:" \\2191";color:var(--accent)} th.desc:after{content:" \\2193";color:var(--accent)}
 td.num{text-align:right;font-variant-numeric:tabular-nums} th.num{text-align:right}
 td.path{max-width:460px;overflow-wrap:anywhere}
-table.sortable td.path{min-width:150px;max-width:260px} .scroll{overflow-x:auto}
+table.sortable td.path{min-width:300px;max-width:460px} .scroll{overflow-x:auto}
 table.errors td.path{width:45%}
 tbody tr:hover{background:#f9fbff}
 img.t{width:__THUMB__px;height:__THUMB__px;object-fit:contain;image-rendering:pixelated;
@@ -433,7 +433,7 @@ img.t{width:__THUMB__px;height:__THUMB__px;object-fit:contain;image-rendering:pi
 .badge{display:inline-block;padding:1px 8px;border-radius:999px;font-size:11.5px;font-weight:600;margin:1px 2px}
 .badge.a{background:#fee2e2;color:#991b1b} .badge.g{background:#ede9fe;color:#5b21b6}
 .badge.o{background:#fef3c7;color:#92400e} .badge.p{background:#dcfce7;color:#166534}
-ul.why{margin:0;padding-left:16px;font-size:12px;min-width:280px;max-width:420px} ul.why li{margin:1px 0}
+ul.why{margin:6px 0 0;padding-left:16px;font-size:12px} ul.why li{margin:1px 0}
 .explain{font-size:12.5px;color:var(--muted);margin:4px 0 10px}
 .legend{display:flex;align-items:center;gap:8px;font-size:12px;color:var(--muted);margin:6px 0 12px}
 .legend .ramp{width:160px;height:10px;border-radius:3px;background:linear-gradient(90deg,__RAMP__)}
@@ -498,9 +498,9 @@ def _flag_badges(row: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _reasons_cell(row: dict[str, Any]) -> str:
+def _reasons_list(row: dict[str, Any]) -> str:
     items = "".join(f"<li>{_e(s)}</li>" for s in row.get("reasons") or [])
-    return f'<td><ul class="why">{items}</ul></td>' if items else '<td class="muted">n/a</td>'
+    return f'<ul class="why">{items}</ul>' if items else ""
 
 
 PERCENTILE_TEXT = (
@@ -562,12 +562,12 @@ def _image_rows(items: list[FlaggedImage], gen: bool) -> str:
             + _image_cell(item.thumbnail, item.note, "image")
             + _image_cell(item.overlay, item.note, "anomaly map")
             + (evidence if gen else "")
-            + f'<td class="path mono" data-v="{path}">{_path_html(r.get("path", ""))}</td>'
+            + f'<td class="path" data-v="{path}"><span class="mono">{_path_html(r.get("path", ""))}</span>'
+            + f"{_reasons_list(r)}</td>"
             + _num_cell(r.get("anomaly_score"))
             + _num_cell(pct, None if pct is None else f"{pct:.1f}")
             + _num_cell(gscore, gtext)
             + f'<td data-v="{_e(flags)}">{_flag_badges(r)}</td>'
-            + _reasons_cell(r)
             + _num_cell((w or 0) * (h or 0), size_text)
             + "</tr>"
         )
@@ -577,8 +577,8 @@ def _image_rows(items: list[FlaggedImage], gen: bool) -> str:
 def _image_table(items: list[FlaggedImage], gen: bool) -> str:
     cols = [("#", "num"), ("Image", None), ("Anomaly map", None)]
     cols += [("Generated evidence", None)] if gen else []
-    cols += [("Path", "text"), ("Anomaly score", "num"), ("Percentile", "num"), ("Generated score", "num"),
-             ("Flags", "text"), ("Why", None), ("Size", "num")]  # fmt: skip
+    cols += [("Path and why", "text"), ("Anomaly score", "num"), ("Percentile", "num"), ("Generated score", "num"),
+             ("Flags", "text"), ("Size", "num")]  # fmt: skip
     ths = []
     for i, (name, kind) in enumerate(cols):
         cls = ("sort " if kind else "") + ("num" if kind == "num" else "")
