@@ -10,7 +10,8 @@ The map is at the model's input resolution, in crop coordinates. For an image no
 the crops cover the whole image, so the map lies over the image; for a larger image each point is the same
 window position in each of its K crops (see docs/heatmap.md).
 
-Only the ``generated_logit`` output is asked of onnxruntime, which then runs the head's part of the graph alone.
+onnxruntime runs the whole graph whatever outputs are asked for, so the ``image`` input is fed one blank
+image (the head reads only ``crops``): the anomaly part then costs one image per call, not one per variant.
 Runtime layer: numpy and onnxruntime (through the Detector).
 """
 
@@ -36,12 +37,12 @@ def windows(size: int, grid: int = GRID) -> list[tuple[int, int, int]]:
 
 
 def _logits(det: "Detector", crops: np.ndarray) -> np.ndarray:
-    """Generated logit of each row of crops [R, K, C, S, S], the head alone."""
+    """Generated logit of each row of crops [R, K, C, S, S] (the ``image`` input: one blank image)."""
     pre = det.spec.preprocess
+    image = np.zeros((1, pre.channels, pre.size, pre.size), np.float32)
     out = []
     for i in range(0, len(crops), ROWS_PER_CALL):
         part = np.ascontiguousarray(crops[i : i + ROWS_PER_CALL], dtype=np.float32)
-        image = np.zeros((len(part), pre.channels, pre.size, pre.size), np.float32)
         out.append(det.session.run(["generated_logit"], {det.input_name: image, "crops": part})[0])
     return np.concatenate(out).astype(np.float64)
 
