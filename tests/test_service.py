@@ -851,3 +851,33 @@ def test_real_uvicorn_server_serves_limits_and_shuts_down_gracefully(tiny_model,
     assert proc.returncode == 0, err.decode()
     text = err.decode()
     assert "serving model 'tiny-zeros'" in text and "Finished server process" in text  # logs go to stderr
+
+
+def test_kserve_binary_requests_that_do_not_add_up_get_400(detector, digits):
+    import struct
+
+    head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 10}}]}).encode()  # fmt: skip
+    png0 = digits["zeros"][0]
+    good = struct.pack("<I", len(png0)) + png0
+    good_head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                        "parameters": {"binary_data_size": len(good)}}],
+                            "parameters": {"binary_data_output": True}}).encode()  # fmt: skip
+    url = "/v2/models/tiny-zeros/infer"
+    octet = {"content-type": "application/octet-stream"}
+    with served(detector, warmup=False) as client:
+        past = client.post(url, content=head + b"x" * 4, headers={**octet, "Inference-Header-Content-Length": str(len(head))})
+        huge = client.post(url, content=head, headers={**octet, "Inference-Header-Content-Length": "999999"})
+        cut = client.post(url, content=head + b"\xff\xff\x00\x00" + b"x" * 6,
+                          headers={**octet, "Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+        ok = client.post(url, content=good_head + good, headers={**octet, "Inference-Header-Content-Length": str(len(good_head))})
+    assert past.status_code == 400 and "binary_data_size 10 runs past" in past.json()["detail"]
+    assert huge.status_code == 400 and "Inference-Header-Content-Length is 999999" in huge.json()["detail"]
+    assert cut.status_code == 400 and "BYTES element 0" in cut.json()["detail"]
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/octet-stream"
+    n = int(ok.headers["Inference-Header-Content-Length"])
+    body = json.loads(ok.content[:n])
+    sizes = [o["parameters"]["binary_data_size"] for o in body["outputs"]]
+    assert all("data" not in o for o in body["outputs"]) and sum(sizes) == len(ok.content) - n
+    score = struct.unpack("<f", ok.content[n : n + 4])[0]
+    assert score == pytest.approx(detector.detect(png0).anomaly_score, rel=1e-5)
