@@ -92,7 +92,10 @@ def test_default_scan_of_the_demo_flags_anomalies_and_generated_images(default_d
     html = (out / "report.html").read_text()
     n_flagged = sum(r["flagged"] for rows in by_group.values() for r in rows)
     # every flagged image appears with its thumbnail and its heat map
-    assert "Heat map" in html and html.count("data:image/png;base64,") >= 2 * n_flagged
+    assert "Anomaly map" in html and html.count("data:image/png;base64,") >= 2 * n_flagged
+    # the domain gate: no out-of-domain image of the demo is called generated
+    called = [r["path"] for r in by_group["anomalies"] if r["generated_flag"]]
+    assert not called, f"out-of-domain images called generated: {called}"
 
 
 def test_default_scan_of_the_demo_flags_the_letters(demo_scan):
