@@ -76,6 +76,9 @@ def route(verdict: Verdict, review_anomaly: float, block_anomaly: float, review_
     elif score > review_anomaly:
         decision = REVIEW
         reasons.append(f"{where} is above the review line {review_anomaly:.3g} (the model's threshold)")
+    if verdict.in_domain is False:  # the domain gate: the generated head abstains on what it does not know
+        decision = BLOCK if decision == BLOCK else REVIEW
+        reasons.append("out of the model's domain: no generated verdict (a person should look)")
     g = verdict.generated_score
     if g is not None:
         if g >= policy.block_generated:

@@ -4,8 +4,11 @@
     python examples/service_client.py                    # a few demo images
     python examples/service_client.py a.png b.jpg --url http://127.0.0.1:8000 --api-key-env GANAUDIT_API_KEY
 
-Standard library only (urllib), so it runs anywhere Python does. With ``--json`` it prints both answers
-as one JSON object instead of the readable summary.
+The native API and the plain-JSON KServe call use the standard library only (urllib), so they run anywhere
+Python does. When ``tritonclient[http]`` is installed (``pip install "tritonclient[http]"``), the KServe call
+is also made with tritonclient, the standard KServe v2 client, as it works by default: image files sent raw
+and outputs received as binary tensors (the binary tensor data extension). With ``--json`` it prints the
+answers as one JSON object instead of the readable summary.
 """
 
 from __future__ import annotations
@@ -87,6 +90,28 @@ class Client:
         return self.request("POST", f"/v2/models/{model}/infer", json.dumps(payload).encode(), "application/json")
 
 
+def infer_with_tritonclient(url: str, model: str, paths: list[Path], api_key: str | None) -> dict[str, list] | None:
+    """The same KServe v2 call made with tritonclient.http and its defaults (binary data both ways), or None
+    when tritonclient is not installed."""
+    try:
+        import numpy as np
+        import tritonclient.http as httpclient
+    except ImportError:
+        return None
+    host = url.split("://", 1)[-1].rstrip("/")
+    client = httpclient.InferenceServerClient(url=host, ssl=url.startswith("https://"))
+    image = httpclient.InferInput("image", [len(paths)], "BYTES")
+    image.set_data_from_numpy(np.array([p.read_bytes() for p in paths], dtype=object))  # raw files, binary_data=True
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    result = client.infer(model, [image], headers=headers)
+    out = {}
+    for o in result.get_response()["outputs"]:
+        values = result.as_numpy(o["name"])
+        out[o["name"]] = [v.decode() if isinstance(v, bytes) else None if v != v else v.item() for v in values]
+    client.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="Call ganaudit serve's /v1/detect and KServe v2 infer endpoints.")
     ap.add_argument("images", nargs="*", type=Path, default=DEFAULT_IMAGES)
@@ -102,8 +127,9 @@ def main() -> int:
     native = client.detect(args.images)
     model = native["model"]["name"]
     oip = client.infer(model, args.images)
+    triton = infer_with_tritonclient(args.url, model, args.images, api_key)
     if args.json:
-        print(json.dumps({"detect": native, "infer": oip}))
+        print(json.dumps({"detect": native, "infer": oip, "tritonclient": triton}))
         return 0
 
     print(f"POST /v1/detect -> model {model!r} (spec {native['model']['spec_hash']}), thresholds {native['thresholds']}")
@@ -115,12 +141,20 @@ def main() -> int:
         heat = f", heat map PNG {len(base64.b64decode(r['anomaly_map']))} bytes" if r.get("anomaly_map") else ""
         print(f"  {r['filename']}: {'FLAGGED' if r['flagged'] else 'ok'}, anomaly {r['anomaly_score']:.3f} "
               f"(percentile {r['anomaly_percentile']}){gen}{heat}")  # fmt: skip
-    outputs = {o["name"]: o["data"] for o in oip["outputs"]}
+        for reason in r["reasons"]:
+            print(f"      - {reason}")
+    outputs = {o["name"]: o["data"] for o in oip["outputs"] if o["name"] != "reasons"}
     print(f"POST /v2/models/{model}/infer -> id {oip['id']}, version {oip['model_version']}")
     for i, p in enumerate(args.images):
         row = ", ".join(f"{name} {values[i]:.3f}" if isinstance(values[i], float) else f"{name} {values[i]}"
                         for name, values in outputs.items())  # fmt: skip
         print(f"  {p.name}: {row}")
+    if triton is None:
+        print('tritonclient: not installed (pip install "tritonclient[http]" to try the standard KServe client)')
+    else:
+        print(f"tritonclient.http infer (binary tensors) -> outputs {', '.join(triton)}")
+        for i, p in enumerate(args.images):
+            print(f"  {p.name}: anomaly_score {triton['anomaly_score'][i]:.3f}, generated_score {triton.get('generated_score', [None] * len(args.images))[i]}")
     return 0
 
 

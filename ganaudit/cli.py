@@ -252,6 +252,13 @@ def export_cmd(
             "and the run)."
         ),
     ] = "auto",
+    domain_coverage: Annotated[
+        float,
+        typer.Option(
+            help="Domain gate of the generated verdict: the share of the training domain's own held-out real and "
+            "generated images that stay inside it (see docs/thresholds.md)."
+        ),
+    ] = 0.99,
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a run to one ONNX detector, verified against torch on the validation images."""
@@ -262,7 +269,7 @@ def export_cmd(
 
     report = export(
         run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score,
-        layout=layout,
+        layout=layout, domain_coverage=domain_coverage,
     )
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -18,7 +18,10 @@ EXIT_UNREADABLE = 3
 
 def _one_line(summary: dict[str, Any]) -> str:
     c = summary["counts"]
-    parts = [f"{c['ok']} scored", f"{c['flagged']} flagged", f"{c['error']} unreadable", f"{c['skipped']} skipped"]
+    flagged = f"{c['flagged']} flagged"
+    if c.get("out_of_domain"):
+        flagged += f" ({c['generated_flagged']} generated, {c['out_of_domain']} out of domain)"
+    parts = [f"{c['ok']} scored", flagged, f"{c['error']} unreadable", f"{c['skipped']} skipped"]
     if c.get("resumed"):
         parts.append(f"{c['resumed']} kept from the previous run")
     rate = summary.get("images_per_second") or 0.0
@@ -92,6 +95,7 @@ def scan_cmd(
         bool, typer.Option("--json", help="Print summary.json to stdout instead of the one-line summary.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
 ) -> None:
     """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
 
@@ -117,7 +121,9 @@ def scan_cmd(
         raise fail(f"--max-pixels must be at least 1, got {max_pixels}")
     workers = default_workers() if workers is None else workers
     threads = default_threads(workers) if threads is None else threads
-    detector = Detector.load(model_path, threads=threads, batch_size=batch_size, max_pixels=max_pixels)
+    detector = Detector.load(
+        model_path, threads=threads, batch_size=batch_size, max_pixels=max_pixels, domain_gate=domain_gate
+    )
 
     bar = None
     if progress:

@@ -21,6 +21,7 @@ from .calibrate import fit_platt, fit_quantiles, fit_threshold
 from .generated import PoolSources, crops_of, fake_pool, load_snapshots
 from .imaging import preprocess, regions_to_input
 from .datasets import load_dataset
+from .domain import DOMAIN_COVERAGE, fit_gate
 from .errors import ConfigError, ModelFormatError
 from .runtime import Detector, rows_per_call
 from .scoring import COMPONENTS, KNN_K, LAYOUT_NAMES, SCORE_METHODS, ScoringModel, fusion_inputs
@@ -201,6 +202,7 @@ def export(
     anomalies: str | None = None,
     score: str = "fused",
     layout: str = "auto",
+    domain_coverage: float = DOMAIN_COVERAGE,
 ) -> ExportReport:
     """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file.
 
@@ -211,6 +213,8 @@ def export(
     pixel + kappa * feature residual). ``layout`` picks the fused score's weights: ``aligned`` (the images share
     a layout, e.g. centred digits or objects: image-level components), ``stationary`` (every position looks
     alike, e.g. textures or surfaces: the local patch distance) or ``auto`` (decided by :func:`alignment`).
+    ``domain_coverage`` sets the domain gate of a model with a generated head (:mod:`ganaudit.domain`): the
+    share of the training domain's own held-out images (real and generated, pooled) that stay inside it.
     """
     run_dir, output = Path(run_dir), Path(output)
     check_fpr(fpr)
@@ -266,7 +270,8 @@ def export(
     spec.thresholds = {"anomaly": fit_threshold(a, fpr)}
     spec.quantiles = {"anomaly": fit_quantiles(a)}
     if head is not None:
-        fit_generated(spec, Detector.load(final), scores["generated_logit"], run_dir, cfg, nets, fpr)
+        fakes_out = fit_generated(spec, Detector.load(final), scores["generated_logit"], run_dir, cfg, nets, fpr)
+        spec.domain = fit_gate(scores, fakes_out, spec.scoring, coverage=domain_coverage)
     if anomalies is not None:
         spec.calibration["anomaly"] = fit_anomaly_calibration(Detector.load(final), a, anomalies)
     atomic_write(output, with_spec(onnx.load_from_string(final), spec))
@@ -395,14 +400,16 @@ def held_out_fakes(run_dir: Path, cfg: Any, nets: Any, n: int) -> np.ndarray:
 
 def fit_generated(
     spec: ModelSpec, det: Detector, real_logits: np.ndarray, run_dir: Path, cfg: Any, nets: Any, fpr: float
-) -> None:
+) -> dict[str, np.ndarray]:
     """Platt calibration on held-out real vs held-out generated logits, then the threshold on the calibrated
-    probability of the real validation images at ``fpr``. Scores come from the shipped ONNX graph."""
+    probability of the real validation images at ``fpr``. Scores come from the shipped ONNX graph, whose
+    outputs on the held-out fakes are returned (export fits the domain gate on them)."""
     fakes = held_out_fakes(run_dir, cfg, nets, max(len(real_logits), 64))
     pre = spec.preprocess
     fake_crops = crops_of(fakes, pre)
     fake_in = np.stack([preprocess(f, pre) for f in fakes])
-    fake_logits = det.run(fake_in, fake_crops)["generated_logit"]
+    fake_out = det.run(fake_in, fake_crops)
+    fake_logits = fake_out["generated_logit"]
     cal = fit_platt(real_logits.astype(np.float64), fake_logits.astype(np.float64))
     spec.calibration["generated"] = cal
     p_real = apply_calibration(real_logits, cal)
@@ -410,6 +417,7 @@ def fit_generated(
         value=threshold_at_fpr(p_real, fpr), fpr=fpr, n_val=int(len(p_real)), method="real-quantile(platt)"
     )
     spec.quantiles["generated"] = fit_quantiles(p_real)
+    return fake_out
 
 
 __all__ = ["export", "ExportReport"]

@@ -52,7 +52,7 @@ __all__ = [
 # The row contract (issue 4), then the extras that --resume needs.
 COLUMNS = [
     "path", "status", "error", "width", "height", "anomaly_score", "anomaly_percentile", "anomaly_flag",
-    "generated_score", "generated_flag", "flagged", "sha256",
+    "generated_score", "generated_flag", "flagged", "sha256", "in_domain", "domain_score", "reasons",
 ]  # fmt: skip
 EXTRA_COLUMNS = ["size", "mtime"]
 ROW_FIELDS = COLUMNS + EXTRA_COLUMNS
@@ -78,6 +78,8 @@ def _csv_cells(row: dict[str, Any]) -> list[Any]:
             cells.append("true" if value else "false")
         elif kind is float:
             cells.append(repr(value))
+        elif kind is list:  # reasons: one cell, sentences joined
+            cells.append(" ".join(map(str, value)))
         else:
             cells.append(value)
     return cells
@@ -369,6 +371,7 @@ class FlaggedImage:
     thumbnail: np.ndarray | str | None = None
     overlay: np.ndarray | str | None = None
     note: str | None = None  # why there is no thumbnail
+    evidence: np.ndarray | str | None = None  # the generated head's evidence map (images flagged as generated)
 
 
 @dataclass
@@ -380,6 +383,7 @@ class ReportData:
     errors: list[dict[str, Any]] = field(default_factory=list)
     has_generated_head: bool = False
     map_range: tuple[float, float] | None = None
+    passed: list[FlaggedImage] = field(default_factory=list)  # a sample of the images no head flagged
 
 
 _CSS = """
@@ -419,6 +423,7 @@ th.sort:after{content:" \\2195";color:#c0c8d2}
 th.asc:after{content:" \\2191";color:var(--accent)} th.desc:after{content:" \\2193";color:var(--accent)}
 td.num{text-align:right;font-variant-numeric:tabular-nums} th.num{text-align:right}
 td.path{max-width:460px;overflow-wrap:anywhere}
+table.sortable td.path{min-width:300px;max-width:460px} .scroll{overflow-x:auto}
 table.errors td.path{width:45%}
 tbody tr:hover{background:#f9fbff}
 img.t{width:__THUMB__px;height:__THUMB__px;object-fit:contain;image-rendering:pixelated;
@@ -427,6 +432,9 @@ img.t{width:__THUMB__px;height:__THUMB__px;object-fit:contain;image-rendering:pi
   text-align:center;font-size:11px;color:var(--muted);background:#f1f3f5;border-radius:4px;padding:6px}
 .badge{display:inline-block;padding:1px 8px;border-radius:999px;font-size:11.5px;font-weight:600;margin:1px 2px}
 .badge.a{background:#fee2e2;color:#991b1b} .badge.g{background:#ede9fe;color:#5b21b6}
+.badge.o{background:#fef3c7;color:#92400e} .badge.p{background:#dcfce7;color:#166534}
+ul.why{margin:6px 0 0;padding-left:16px;font-size:12px} ul.why li{margin:1px 0}
+.explain{font-size:12.5px;color:var(--muted);margin:4px 0 10px}
 .legend{display:flex;align-items:center;gap:8px;font-size:12px;color:var(--muted);margin:6px 0 12px}
 .legend .ramp{width:160px;height:10px;border-radius:3px;background:linear-gradient(90deg,__RAMP__)}
 .note{background:#fff7ed;border:1px solid #fed7aa;color:#9a3412;border-radius:8px;padding:8px 12px;margin-bottom:12px}
@@ -483,7 +491,27 @@ def _flag_badges(row: dict[str, Any]) -> str:
         out.append('<span class="badge a">anomaly</span>')
     if row.get("generated_flag"):
         out.append('<span class="badge g">generated</span>')
+    if row.get("in_domain") is False:
+        out.append('<span class="badge o">out of domain</span>')
+    if not out and row.get("status") == "ok":
+        out.append('<span class="badge p">passed</span>')
     return "".join(out)
+
+
+def _reasons_list(row: dict[str, Any]) -> str:
+    items = "".join(f"<li>{_e(s)}</li>" for s in row.get("reasons") or [])
+    return f'<ul class="why">{items}</ul>' if items else ""
+
+
+PERCENTILE_TEXT = (
+    "<b>Percentile</b>: the share of the model's held-out normal images that score lower than this image; "
+    "99.2 means the image is stranger than 99.2 % of normal images, 50 is a typical normal image."
+)
+GATE_TEXT = (
+    "<b>Out of domain</b>: the image is unlike anything the model was trained on (neither its real images nor "
+    "its generator's fakes), so the generated head abstains: no probability, no generated flag; the image is "
+    "reported as anomalous."
+)
 
 
 def _image_cell(image: np.ndarray | str | None, note: str | None, alt: str) -> str:
@@ -493,6 +521,83 @@ def _image_cell(image: np.ndarray | str | None, note: str | None, alt: str) -> s
     if not uri.startswith("data:image/png;base64,"):
         raise ValueError("report images must be PNG data URIs")
     return f'<td><img class="t" alt="{_e(alt)}" src="{_e(uri)}"></td>'
+
+
+def _map_legends(data: ReportData) -> str:
+    out = ""
+    if data.map_range is not None:
+        lo, hi = data.map_range
+        out += (
+            f'<div class="legend">anomaly map: <span>{_fmt(lo, 3)}</span><span class="ramp"></span>'
+            f"<span>{_fmt(hi, 3)}</span> (how unlike the normal images each region is; one scale for every image)</div>"
+        )
+    if data.has_generated_head:
+        out += (
+            '<div class="legend">generated evidence: <span>none</span><span class="ramp"></span><span>strongest</span> '
+            "(images flagged as generated: where the generated head sees generation, per window; covering a "
+            "window with the background lowers its generated score most where it is yellow; scaled per image)</div>"
+        )
+    return out
+
+
+def _image_rows(items: list[FlaggedImage], gen: bool) -> str:
+    rows = []
+    for rank, item in enumerate(items, 1):
+        r = item.row
+        path = _e(r.get("path", ""))
+        w, h = r.get("width"), r.get("height")
+        size_text = f"{w}\u00d7{h}" if w and h else "n/a"
+        pct = r.get("anomaly_percentile")
+        gscore = r.get("generated_score") if gen else None
+        gtext = None if gen and r.get("in_domain") is not False else ("abstains" if gen else "n/a")
+        flags = " ".join(k for k in ("anomaly", "generated") if r.get(f"{k}_flag"))
+        evidence = (
+            _image_cell(item.evidence, None, "generated evidence")
+            if item.evidence is not None
+            else '<td class="muted">\u2014</td>'
+        )
+        rows.append(
+            "<tr>"
+            f'<td class="num" data-v="{rank}">{rank}</td>'
+            + _image_cell(item.thumbnail, item.note, "image")
+            + _image_cell(item.overlay, item.note, "anomaly map")
+            + (evidence if gen else "")
+            + f'<td class="path" data-v="{path}"><span class="mono">{_path_html(r.get("path", ""))}</span>'
+            + f"{_reasons_list(r)}</td>"
+            + _num_cell(r.get("anomaly_score"))
+            + _num_cell(pct, None if pct is None else f"{pct:.1f}")
+            + _num_cell(gscore, gtext)
+            + f'<td data-v="{_e(flags)}">{_flag_badges(r)}</td>'
+            + _num_cell((w or 0) * (h or 0), size_text)
+            + "</tr>"
+        )
+    return "".join(rows)
+
+
+def _image_table(items: list[FlaggedImage], gen: bool) -> str:
+    cols = [("#", "num"), ("Image", None), ("Anomaly map", None)]
+    cols += [("Generated evidence", None)] if gen else []
+    cols += [("Path and why", "text"), ("Anomaly score", "num"), ("Percentile", "num"), ("Generated score", "num"),
+             ("Flags", "text"), ("Size", "num")]  # fmt: skip
+    ths = []
+    for i, (name, kind) in enumerate(cols):
+        cls = ("sort " if kind else "") + ("num" if kind == "num" else "")
+        attrs = f' data-col="{i}" data-type="{kind}"' if kind else ""
+        ths.append(f'<th class="{cls.strip()}"{attrs}>{name}</th>')
+    rows = _image_rows(items, gen)
+    return f'<div class="scroll"><table class="sortable"><thead><tr>{"".join(ths)}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _passed_section(data: ReportData) -> str:
+    n = data.summary["counts"].get("ok", 0) - data.summary["counts"].get("flagged", 0)
+    if n <= 0 or not data.passed:
+        return ""
+    scope = f"all {n}" if len(data.passed) >= n else f"a random sample of {len(data.passed)} of the {n}"
+    return (
+        f'<section><h2>Passed images</h2><p class="muted">Showing {scope} images that no head flagged, '
+        "so you can check what passes too.</p>" + _map_legends(data) + f'<p class="explain">{PERCENTILE_TEXT}</p>'
+        + _image_table(data.passed, data.has_generated_head) + "</section>"
+    )
 
 
 def _flagged_section(data: ReportData) -> str:
@@ -514,47 +619,9 @@ def _flagged_section(data: ReportData) -> str:
         f'<section><h2>Flagged images</h2><p class="muted">Showing {scope} flagged images. {order} '
         "Click a column header to sort.</p>"
     )
-    if data.map_range is not None:
-        lo, hi = data.map_range
-        head += (
-            f'<div class="legend">heat map: <span>{_fmt(lo, 3)}</span><span class="ramp"></span>'
-            f"<span>{_fmt(hi, 3)}</span> (anomaly map: how unlike the normal images each region is; one scale for every image)</div>"
-        )
-    cols = [
-        ("#", "num"), ("Image", None), ("Heat map", None), ("Path", "text"), ("Anomaly score", "num"),
-        ("Percentile", "num"), ("Generated score", "num"), ("Flags", "text"), ("Size", "num"), ("SHA-256", "text"),
-    ]  # fmt: skip
-    ths = []
-    for i, (name, kind) in enumerate(cols):
-        cls = ("sort " if kind else "") + ("num" if kind == "num" else "")
-        attrs = f' data-col="{i}" data-type="{kind}"' if kind else ""
-        ths.append(f'<th class="{cls.strip()}"{attrs}>{name}</th>')
-    rows = []
-    for rank, item in enumerate(data.flagged, 1):
-        r = item.row
-        path = _e(r.get("path", ""))
-        w, h = r.get("width"), r.get("height")
-        size_text = f"{w}\u00d7{h}" if w and h else "n/a"
-        pct = r.get("anomaly_percentile")
-        gscore = r.get("generated_score") if gen else None
-        sha = r.get("sha256") or ""
-        flags = " ".join(k for k in ("anomaly", "generated") if r.get(f"{k}_flag"))
-        rows.append(
-            "<tr>"
-            f'<td class="num" data-v="{rank}">{rank}</td>'
-            + _image_cell(item.thumbnail, item.note, "image")
-            + _image_cell(item.overlay, item.note, "heat map")
-            + f'<td class="path mono" data-v="{path}">{_path_html(r.get("path", ""))}</td>'
-            + _num_cell(r.get("anomaly_score"))
-            + _num_cell(pct, None if pct is None else f"{pct:.1f}")
-            + _num_cell(gscore, None if gen else "n/a")
-            + f'<td data-v="{_e(flags)}">{_flag_badges(r)}</td>'
-            + _num_cell((w or 0) * (h or 0), size_text)
-            + f'<td class="mono" data-v="{_e(sha)}" title="{_e(sha)}">{_e(sha[:12])}</td>'
-            "</tr>"
-        )
-    table = f'<table class="sortable"><thead><tr>{"".join(ths)}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    return head + table + "</section>"
+    head += _map_legends(data) + f'<p class="explain">{PERCENTILE_TEXT}'
+    head += f" {GATE_TEXT}</p>" if gen else "</p>"
+    return head + _image_table(data.flagged, gen) + "</section>"
 
 
 def _errors_section(data: ReportData) -> str:
@@ -626,6 +693,7 @@ def render_html(data: ReportData) -> str:
         ("Generated threshold", _threshold_text(thr, "generated") if gen else f"n/a {no_head}"),
         ("Flagged by anomaly", _e(c.get("anomaly_flagged", 0))),
         ("Flagged as generated", _e(c.get("generated_flagged", 0)) if gen else "n/a"),
+        ("Out of domain", _e(c.get("out_of_domain", 0)) + " <span class='muted'>(no generated verdict)</span>" if gen else "n/a"),
         ("Scanned", f'<span class="mono">{_e(", ".join(s.get("paths", [])))}</span>'),
         ("Started", _e(s.get("started", ""))),
         ("Workers / batch", _e(f"{s.get('workers')} / {s.get('batch_size')}")),
@@ -672,6 +740,7 @@ def render_html(data: ReportData) -> str:
 </div>
 {histograms}
 {_flagged_section(data)}
+{_passed_section(data)}
 {_errors_section(data)}
 </main>
 <footer>Generated by ganaudit {_e(s.get("ganaudit_version", ""))}. Per-image results: {files}</footer>

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from . import domain, evidence, reasons
 from .errors import GanauditError, ImageDecodeError, ModelFormatError
 from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess
 from .spec import METADATA_KEY, ModelSpec
@@ -40,11 +41,20 @@ class Verdict:
     flagged: bool = False
     components: dict[str, float] = field(default_factory=dict)
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    # The domain gate (domain.py): None when the model has no gate or it is switched off. False: the
+    # generated verdict abstains (generated_score and generated_flag are None) and anomaly_flag is True.
+    in_domain: bool | None = None
+    domain_score: float | None = None
+    # Short sentences for a moderator: which head fired, scores against thresholds, the gate (reasons.py).
+    reasons: list[str] = field(default_factory=list)
+    # With include_map, for images flagged as generated: the generated head's evidence per window (heatmap.py).
+    generated_map: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the map is left out; encode it separately)."""
+        """JSON-ready fields (the maps are left out; encode them separately)."""
         d = asdict(self)
         d.pop("anomaly_map")
+        d.pop("generated_map")
         return d
 
 
@@ -121,6 +131,10 @@ class Detector:
         matrix grows with the batch (see :func:`rows_per_call`).
     max_pixels
         Images with more pixels are refused before decoding.
+    domain_gate
+        Apply the model's domain gate (on by default): outside the training domain the generated verdict
+        abstains and the image is reported as anomalous (see :mod:`ganaudit.domain`). False gives the
+        generated verdict for every image.
     """
 
     def __init__(
@@ -133,8 +147,10 @@ class Detector:
         generated_threshold: float | None = None,
         batch_size: int = 64,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        domain_gate: bool = True,
     ) -> None:
         self.session = session
+        self.domain_gate = bool(domain_gate)
         self.spec = spec
         self.batch_size = max(1, int(batch_size))
         self.rows_per_call = rows_per_call(spec, self.batch_size)
@@ -166,6 +182,7 @@ class Detector:
         generated_threshold: float | None = None,
         batch_size: int = 64,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        domain_gate: bool = True,
     ) -> "Detector":
         """Load a detector from an ``.onnx`` path or its bytes. Raises ModelFormatError on a bad file."""
         origin = "model bytes" if isinstance(model, (bytes, bytearray, memoryview)) else os.fsdecode(model)
@@ -184,6 +201,7 @@ class Detector:
         return cls(
             session, read_spec(session, origin), fpr=fpr, anomaly_threshold=anomaly_threshold,
             generated_threshold=generated_threshold, batch_size=batch_size, max_pixels=max_pixels,
+            domain_gate=domain_gate,
         )  # fmt: skip
 
     # --- metadata ----------------------------------------------------------------
@@ -198,6 +216,11 @@ class Detector:
     @property
     def has_generated_head(self) -> bool:
         return GENERATED in self.spec.heads
+
+    @property
+    def gate_active(self) -> bool:
+        """True when the generated verdict is gated: the model has a head and a gate, and it is switched on."""
+        return self.domain_gate and self.has_generated_head and bool(self.spec.domain)
 
     def resolve_thresholds(
         self,
@@ -293,10 +316,16 @@ class Detector:
         if self.has_generated_head and "generated_logit" in out:
             gen = apply_calibration(out["generated_logit"], spec.calibration.get(GENERATED))
         components = [n for n in self.output_names if n not in ("anomaly_score", "anomaly_map", "generated_logit")]
+        dom = None
+        if self.gate_active:
+            dom = domain.domain_scores(scores, out, spec.scoring, spec.domain)
         verdicts = []
         for i, item in enumerate(items):
             a_flag = bool(scores[i] > thr.anomaly)
             g_score = None if gen is None else float(gen[i])
+            in_domain = None if dom is None else bool(domain.inside(dom[i : i + 1], spec.domain)[0])
+            if in_domain is False:  # abstain: no generated probability or flag; reported as anomalous
+                g_score, a_flag = None, True
             g_flag = None if g_score is None or thr.generated is None else bool(g_score > thr.generated)
             verdicts.append(
                 Verdict(
@@ -312,8 +341,14 @@ class Detector:
                     flagged=a_flag or bool(g_flag),
                     components={n: float(out[n][i]) for n in components},
                     anomaly_map=out["anomaly_map"][i, 0] if include_map else None,
+                    in_domain=in_domain,
+                    domain_score=None if dom is None else float(dom[i]),
                 )
             )
+        for v, item in zip(verdicts, items):
+            v.reasons = reasons.explain(v, thr, self)
+            if include_map and v.generated_flag:
+                v.generated_map = evidence.evidence_map(self, item)
         return verdicts
 
     # --- the one-call API --------------------------------------------------------
@@ -351,7 +386,7 @@ class Detector:
 
 
 def error_verdict(source: Any, error: Exception | str) -> Verdict:
-    return Verdict(source=_describe(source), status="error", error=str(error))
+    return Verdict(source=_describe(source), status="error", error=str(error), reasons=[f"Not scored: {error}"])
 
 
 __all__ = ["Detector", "Verdict", "Prepared", "Thresholds", "error_verdict", "ImageDecodeError"]

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import random
 import stat
 import time
 from array import array
@@ -40,6 +41,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError, ImageDecodeError
 from .files import WalkStats, display_path, iter_files
+from .evidence import evidence_map, for_display
 from .imaging import decode
 from .report import (
     ROW_FIELDS,
@@ -75,6 +77,7 @@ DEFAULT_OUT = "ganaudit-report"
 FILE_NAMES = {"csv": "results.csv", "jsonl": "results.jsonl", "html": "report.html"}
 SUMMARY_NAME = "summary.json"
 DEFAULT_TOP_K = 200
+PASSED_SAMPLE = 12  # passed images shown in the HTML report (a seeded reservoir sample)
 MAX_REPORTED_ERRORS = 200
 # Same rule as imaging: a file bigger than any image within the pixel limit could be is refused unread.
 _MAX_BYTES_PER_PIXEL = 8
@@ -179,7 +182,7 @@ def _load(detector: Detector, path: str) -> _Loaded:
 
 def _error_row(shown: str, error: str, loaded: _Loaded | None = None) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(ROW_FIELDS)
-    row.update(path=shown, status="error", error=error, flagged=False)
+    row.update(path=shown, status="error", error=error, flagged=False, reasons=[f"Not scored: {error}"])
     if loaded is not None:
         row.update(sha256=loaded.sha256, size=loaded.size, mtime=loaded.mtime)
     return row
@@ -211,7 +214,8 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
                     "anomaly_score": _finite(v.anomaly_score), "anomaly_percentile": v.anomaly_percentile,
                     "anomaly_flag": v.anomaly_flag, "generated_score": _finite(v.generated_score),
                     "generated_flag": v.generated_flag, "flagged": v.flagged, "sha256": x.sha256,
-                    "size": x.size, "mtime": x.mtime,
+                    "size": x.size, "mtime": x.mtime, "in_domain": v.in_domain,
+                    "domain_score": _finite(v.domain_score), "reasons": v.reasons,
                 }  # fmt: skip
         rows.append(row)
     return rows
@@ -229,7 +233,9 @@ class _Tally:
 
     def __init__(self, top_k: int, max_errors: int = MAX_REPORTED_ERRORS) -> None:
         self.counts = dict.fromkeys(
-            ("candidates", "ok", "error", "flagged", "anomaly_flagged", "generated_flagged", "resumed", "scored"), 0
+            ("candidates", "ok", "error", "flagged", "anomaly_flagged", "generated_flagged", "out_of_domain", "resumed",
+             "scored"),
+            0,
         )
         self.anomaly = array("d")
         self.generated = array("d")
@@ -238,6 +244,9 @@ class _Tally:
         self._heaps: dict[str, list[tuple[float, int, str, dict[str, Any]]]] = {ANOMALY: [], GENERATED: []}
         self.errors: list[dict[str, Any]] = []
         self._seq = 0
+        self.passed: list[tuple[str, dict[str, Any]]] = []  # reservoir sample of PASSED_SAMPLE passed rows
+        self._n_passed = 0
+        self._rng = random.Random(0)
 
     def add(self, row: dict[str, Any], real_path: str, resumed: bool) -> None:
         c = self.counts
@@ -257,6 +266,13 @@ class _Tally:
             self.generated.append(g)
         c["anomaly_flagged"] += bool(row.get("anomaly_flag"))
         c["generated_flagged"] += bool(row.get("generated_flag"))
+        c["out_of_domain"] += row.get("in_domain") is False
+        if not row.get("flagged"):
+            self._n_passed += 1
+            if len(self.passed) < PASSED_SAMPLE:
+                self.passed.append((real_path, row))
+            elif (j := self._rng.randrange(self._n_passed)) < PASSED_SAMPLE:
+                self.passed[j] = (real_path, row)
         if row.get("flagged"):
             c["flagged"] += 1
             if self.top_k > 0:
@@ -451,12 +467,15 @@ def _flagged_visuals(
     """
     inputs = list(pool.map(lambda item: _visual_input(detector, item[0]), top))
     maps: list[np.ndarray | None] = [None] * len(inputs)
+    evidence: list[np.ndarray | None] = [None] * len(inputs)
     where = [i for i, (_, prepared, _) in enumerate(inputs) if prepared is not None]
     for start in range(0, len(where), batch):
         part = where[start : start + batch]
         verdicts = detector.score_prepared([inputs[i][1] for i in part], include_map=True)  # type: ignore[misc]
         for i, v in zip(part, verdicts):
             maps[i] = None if v.anomaly_map is None else np.asarray(v.anomaly_map, np.float32)
+            if top[i][1].get("generated_flag"):  # as the scan's thresholds decided, not the model's own
+                evidence[i] = v.generated_map if v.generated_map is not None else evidence_map(detector, inputs[i][1])
     present = [m for m in maps if m is not None]
     span: tuple[float, float] | None = None
     if present:  # one color scale for the whole report: the 1st to 99.5th percentile of all these maps
@@ -464,17 +483,24 @@ def _flagged_visuals(
         span = (lo, hi if hi > lo else lo + 1e-6)
     fit = detector.spec.preprocess.fit
 
-    def encode(k: int) -> tuple[str | None, str | None]:
-        thumb, m = inputs[k][0], maps[k]
+    def encode(k: int) -> tuple[str | None, str | None, str | None]:
+        thumb, m, e = inputs[k][0], maps[k], evidence[k]
         if thumb is None:
-            return None, None
+            return None, None, None
         overlay = heat_overlay(thumb, m, fit=fit, vmin=span[0], vmax=span[1]) if m is not None and span else None
-        return png_data_uri(thumb), None if overlay is None else png_data_uri(overlay)
+        # The evidence lies over the image when the head's crops cover all of it (no larger than the model size).
+        if e is not None and max(thumb.shape[:2]) > detector.spec.preprocess.size:
+            e_img = heat_overlay(np.zeros_like(thumb), for_display(e), fit="stretch")
+        elif e is not None:
+            e_img = heat_overlay(thumb, for_display(e), fit=fit)
+        else:
+            e_img = None
+        return png_data_uri(thumb), *(None if x is None else png_data_uri(x) for x in (overlay, e_img))
 
     uris = list(pool.map(encode, range(len(inputs))))
     items = [
-        FlaggedImage(row=row, thumbnail=thumb, overlay=overlay, note=inputs[k][2])
-        for k, ((_, row), (thumb, overlay)) in enumerate(zip(top, uris))
+        FlaggedImage(row=row, thumbnail=thumb, overlay=overlay, note=inputs[k][2], evidence=ev)
+        for k, ((_, row), (thumb, overlay, ev)) in enumerate(zip(top, uris))
     ]
     return items, span
 
@@ -692,7 +718,9 @@ def scan(
                 csv_from_jsonl(jsonl_path, csv_path)
         del order
         if "html" in fmts:
-            flagged, span = _flagged_visuals(detector, tally.top(), batch, pool)
+            top = tally.top()
+            shown, span = _flagged_visuals(detector, top + tally.passed, batch, pool)
+            flagged, passed = shown[: len(top)], shown[len(top) :]
             data = ReportData(
                 summary=dict(update_summary(True)),
                 anomaly_scores=np.frombuffer(tally.anomaly, np.float64) if len(tally.anomaly) else np.empty(0),
@@ -701,6 +729,7 @@ def scan(
                 errors=tally.errors,
                 has_generated_head=detector.has_generated_head,
                 map_range=span,
+                passed=passed,
             )
             write_output(out_dir / FILE_NAMES["html"], render_html(data))
     write_summary(out_dir / SUMMARY_NAME, update_summary(True))

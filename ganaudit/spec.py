@@ -81,6 +81,8 @@ class ModelSpec:
     # Score -> probability maps, stored as plain numbers (see calibrate.py / runtime.py).
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The domain gate of the generated verdict (see domain.py); {} = no gate (older files, no generated head).
+    domain: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     # The exact JSON text this spec was read from (not a dataclass field: no annotation).
     _source_json = None
@@ -120,6 +122,7 @@ class ModelSpec:
                 quantiles={k: [float(q) for q in v] for k, v in d.get("quantiles", {}).items()},
                 calibration=dict(d.get("calibration", {})),
                 provenance=dict(d.get("provenance", {})),
+                domain=dict(d.get("domain", {})),
                 format_version=version,
             )
         except (KeyError, TypeError, ConfigError) as e:

@@ -92,7 +92,10 @@ def test_default_scan_of_the_demo_flags_anomalies_and_generated_images(default_d
     html = (out / "report.html").read_text()
     n_flagged = sum(r["flagged"] for rows in by_group.values() for r in rows)
     # every flagged image appears with its thumbnail and its heat map
-    assert "Heat map" in html and html.count("data:image/png;base64,") >= 2 * n_flagged
+    assert "Anomaly map" in html and html.count("data:image/png;base64,") >= 2 * n_flagged
+    # the domain gate: no out-of-domain image of the demo is called generated
+    called = [r["path"] for r in by_group["anomalies"] if r["generated_flag"]]
+    assert not called, f"out-of-domain images called generated: {called}"
 
 
 def test_default_scan_of_the_demo_flags_the_letters(demo_scan):
@@ -187,6 +190,10 @@ def test_service_client_calls_detect_and_kserve_infer(server, default_detector):
     assert infer["model_version"] == default_detector.spec_hash
     assert outputs["anomaly_flag"] == [False, True, True]
     assert outputs["anomaly_score"] == pytest.approx([r["anomaly_score"] for r in detect["results"]], rel=1e-5)
+    assert all(r["reasons"] for r in detect["results"])
+    if body["tritonclient"] is not None:  # the dev extra installs tritonclient: binary tensors both ways
+        assert body["tritonclient"]["anomaly_score"] == pytest.approx(outputs["anomaly_score"], rel=1e-5)
+        assert body["tritonclient"]["anomaly_flag"] == outputs["anomaly_flag"]
     # The readable form runs too, on its default demo images.
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=60)
     assert res.returncode == 0, res.stderr

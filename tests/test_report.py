@@ -137,6 +137,7 @@ def test_html_with_a_generated_head_sorts_escapes_and_embeds():
             has_generated_head=True, map_range=(0.1, 0.9),
         )
     )
+    assert "Percentile</b>: the share" in page and "generated evidence" in page  # explained, legend per map
     assert page.count("<svg") == 2 and page.count('class="thr"') == 2  # both histograms with their thresholds
     assert "a/&lt;b&gt;.png" in page and "<b>.png" not in page and "x&amp;y" in page
     assert "truncated PNG: &lt;cut&gt;" in page and "photos/&lt;uploads&gt;" in page
@@ -144,7 +145,7 @@ def test_html_with_a_generated_head_sorts_escapes_and_embeds():
     assert 'class="badge g"' in page and 'class="badge a"' in page
     assert re.search(r'data-v="0\.99"', page)  # generated score, sortable
     assert "showing" in page.lower() and "all 3" in page
-    assert page.count("<table") == 2 and "sortable" in page
+    assert page.count("<table") == 2 and "sortable" in page  # flagged images, errors (no passed sample given)
 
 
 def test_html_without_a_generated_head_says_na():

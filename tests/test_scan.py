@@ -144,13 +144,21 @@ def det(tiny_model) -> Detector:
 
 
 def check_generated_fields(row: dict, det: Detector) -> None:
-    """The generated columns: a probability and a flag with a generated head, null without one."""
-    if det.has_generated_head:
+    """The generated columns: a probability and a flag with a generated head, null without one or when the
+    domain gate abstains (the image is then reported as anomalous)."""
+    assert row["reasons"] and all(isinstance(s, str) and s for s in row["reasons"])
+    if row["in_domain"] is False:
+        assert row["generated_score"] is None and row["generated_flag"] is None
+        assert row["anomaly_flag"] is True and row["flagged"] is True
+        assert any("out of domain" in s for s in row["reasons"])
+    elif det.has_generated_head:
+        assert row["in_domain"] is True
+        assert 0.0 <= row["generated_score"] <= 1.0
         assert 0.0 <= row["generated_score"] <= 1.0
         assert row["generated_flag"] == (row["generated_score"] > det.thresholds.generated)
         assert row["flagged"] == (row["anomaly_flag"] or row["generated_flag"])
     else:
-        assert row["generated_score"] is None and row["generated_flag"] is None
+        assert row["generated_score"] is None and row["generated_flag"] is None and row["in_domain"] is None
         assert row["flagged"] == row["anomaly_flag"]
 
 
@@ -263,7 +271,11 @@ def test_report_html_is_self_contained_and_escaped(first_scan, tree, det):
     assert f"odd/{HOSTILE}" in names and "odd/bad\\xffname.png" in names
     for r in flagged:
         assert html.escape(r["path"]) in page
-    assert page.count('src="data:image/png;base64,') == 2 * len(flagged)  # thumbnail + heat map each
+    passed = sum(r["status"] == "ok" and not r["flagged"] for r in rows)
+    shown = len(flagged) + min(passed, 12)  # every flagged image and a sample of 12 passed ones
+    evidence = sum(bool(r["generated_flag"]) for r in flagged)  # the generated head's evidence map
+    assert page.count('src="data:image/png;base64,') == 2 * shown + evidence  # thumbnail + heat map each
+    assert ("Passed images" in page) == (passed > 0)
     assert "<svg" in page and 'class="thr"' in page  # histogram with its threshold line
     if det.has_generated_head:  # two histograms, each with its threshold line
         assert "generated probability" in page and page.count('class="thr"') == 2
@@ -366,19 +378,27 @@ def test_model_with_a_generated_head_fills_its_columns_and_report(tree, head_mod
         assert r["status"] == "ok"
         check_generated_fields(r, det)
     for r, ref in zip(readable, det.detect([r["path"] for r in readable])):
-        assert r["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
-    assert summary["counts"]["generated_flagged"] == sum(r["generated_flag"] for r in rows)
+        assert r["in_domain"] == ref.in_domain and r["reasons"] == ref.reasons
+        if ref.in_domain:
+            assert r["generated_score"] == pytest.approx(ref.generated_score, rel=1e-5, abs=1e-9)
+    assert summary["counts"]["generated_flagged"] == sum(bool(r["generated_flag"]) for r in rows)
+    assert summary["counts"]["out_of_domain"] == sum(r["in_domain"] is False for r in rows)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "generated probability" in page and page.count('class="thr"') == 2
-    assert page.count('src="data:image/png;base64,') == 2 * sum(r["flagged"] for r in rows)
+    passed = sum(r["status"] == "ok" and not r["flagged"] for r in rows)
+    n_flagged, n_gen = sum(r["flagged"] for r in rows), sum(bool(r["generated_flag"]) for r in rows)
+    assert page.count('src="data:image/png;base64,') == 2 * (n_flagged + min(passed, 12)) + n_gen
+    assert page.count('<ul class="why">') == n_flagged + min(passed, 12)  # reasons beside each image
     # Thresholds per head: nothing flagged above 1e9 / a probability of 1; everything generated-flagged at 0.
     res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "hi", "--anomaly-threshold", "1e9",
                   "--generated-threshold", "1", "--fail-on-flag", "--no-progress", "--format", "jsonl")  # fmt: skip
     assert res.exit_code == 0, res.output
     res = run_cli("scan", tree / "digits", "-m", head_model, "-o", tmp_path / "lo", "--anomaly-threshold", "1e9",
-                  "--generated-threshold", "0", "--fail-on-flag", "--no-progress", "--format", "jsonl", "--json")  # fmt: skip
+                  "--generated-threshold", "0", "--fail-on-flag", "--no-progress", "--format", "jsonl", "--json",
+                  "--no-domain-gate")  # fmt: skip
     assert res.exit_code == 1
     lo = read_jsonl(tmp_path / "lo/results.jsonl")
+    assert all(r["in_domain"] is None and any("switched off" in s for s in r["reasons"]) for r in lo)
     assert all(r["generated_flag"] == (r["generated_score"] > 0) and r["flagged"] == r["generated_flag"] for r in lo)
     assert json.loads(res.stdout)["thresholds"]["how"]["generated"] == "set with --generated-threshold"
 

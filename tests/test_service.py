@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import signal
@@ -243,7 +244,7 @@ def test_unsupported_content_types_get_415(detector):
             assert r.status_code == 415, headers
             assert r.json()["error"] == "unsupported_media_type"
         r = client.post("/v2/models/tiny-zeros/infer", content=b"x", headers={"content-type": "text/plain"})
-        assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+        assert r.status_code == 415 and r.json()["error"].startswith("unsupported_media_type")
 
 
 def test_multipart_without_files_part_is_422(detector):
@@ -517,13 +518,14 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
     blobs = digits["zeros"][:2] + digits["others"][:2]
     b64 = [base64.b64encode(b).decode() for b in blobs]
     with served(detector) as client:
-        assert client.get("/v2").json() == {"name": "ganaudit", "version": __import__("ganaudit").__version__, "extensions": []}
+        assert client.get("/v2").json() == {"name": "ganaudit", "version": __import__("ganaudit").__version__, "extensions": ["binary_tensor_data"]}
         assert client.get("/v2/health/live").json() == {"live": True}
         assert client.get("/v2/health/ready").json() == {"ready": True}
         meta = client.get("/v2/models/tiny-zeros").json()
         assert meta["name"] == "tiny-zeros" and meta["platform"] == "onnxruntime_onnx"
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
         heads = ["anomaly_score", "anomaly_flag"] + (["generated_score", "generated_flag"] if detector.has_generated_head else [])
+        heads += (["in_domain"] if detector.gate_active else []) + ["reasons"]
         assert [o["name"] for o in meta["outputs"]] == heads
         assert client.get("/v2/models/tiny-zeros/ready").json() == {"name": "tiny-zeros", "ready": True}
         request = {"id": "req-42", "inputs": [{"name": "image", "shape": [4], "datatype": "BYTES", "data": b64}]}
@@ -535,7 +537,7 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
                   "outputs": [{"name": "anomaly_flag"}], "parameters": {"anomaly_threshold": -1.0}},
         )  # fmt: skip
         for path in ("/v2/models/nope", "/v2/models/nope/ready"):
-            assert client.get(path).status_code == 404 and client.get(path).json()["error"] == "model_not_found"
+            assert client.get(path).status_code == 404 and client.get(path).json()["error"].startswith("model_not_found: ")
         missing = client.post("/v2/models/nope/infer", json=request)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -546,6 +548,9 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
     assert outs["anomaly_flag"]["datatype"] == "BOOL"
     assert outs["anomaly_score"]["data"] == pytest.approx([res["anomaly_score"] for res in v1], rel=1e-6)
     assert outs["anomaly_flag"]["data"] == [res["anomaly_flag"] for res in v1]
+    assert outs["reasons"]["datatype"] == "BYTES" and [json.loads(x) for x in outs["reasons"]["data"]] == [
+        res["reasons"] for res in v1
+    ]
     if detector.has_generated_head:
         assert outs["generated_score"]["datatype"] == "FP32" and outs["generated_flag"]["datatype"] == "BOOL"
         assert outs["generated_score"]["data"] == pytest.approx([res["generated_score"] for res in v1], rel=1e-6)
@@ -573,13 +578,13 @@ def test_kserve_infer_rejects_malformed_requests_with_400(detector, request_body
     with served(detector, warmup=False) as client:
         r = client.post("/v2/models/tiny-zeros/infer", json=request_body)
     assert r.status_code == 400, r.text
-    assert r.json()["error"] == "invalid_request" and fragment in r.json()["detail"]
+    assert r.json()["error"] == f"invalid_request: {r.json()['detail']}" and fragment in r.json()["detail"]
 
 
 def test_kserve_infer_bad_json_is_400(detector):
     with served(detector, warmup=False) as client:
         r = client.post("/v2/models/tiny-zeros/infer", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+    assert r.status_code == 400 and r.json()["error"].startswith("invalid_request: ")
 
 
 def test_generated_head_outputs_appear_when_the_model_has_one(detector, digits):
@@ -601,7 +606,7 @@ def test_generated_head_outputs_appear_when_the_model_has_one(detector, digits):
         r = client.post("/v2/models/tiny-zeros/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]})
         v1 = client.post("/v1/detect", files=multipart(digits["zeros"][:1])).json()["results"][0]
         text = scrape(client)
-    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag", "generated_score", "generated_flag"]
+    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag", "generated_score", "generated_flag", "reasons"]
     outs = {o["name"]: o["data"] for o in r.json()["outputs"]}
     assert outs["generated_score"] == [0.9] and outs["generated_flag"] == [True]
     assert v1["generated_score"] == 0.9 and v1["generated_flag"] is True
@@ -620,12 +625,12 @@ def test_model_without_a_generated_head_has_null_generated_fields(no_head_model,
         gen_v1 = client.post("/v1/detect", params={"generated_threshold": 0.5}, files=multipart(digits["all"][:1]))
         gen_oip = client.post(f"/v2/models/{name}/infer", json={"parameters": {"generated_threshold": 0.5}, "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]})  # fmt: skip
         text = scrape(client)
-    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag"]
+    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag", "reasons"]
     assert v1["thresholds"]["generated"] is None
     for res in v1["results"]:
         assert res["status"] == "ok" and res["generated_score"] is None and res["generated_flag"] is None
         assert res["flagged"] == res["anomaly_flag"]
-    assert [o["name"] for o in oip.json()["outputs"]] == ["anomaly_score", "anomaly_flag"]
+    assert [o["name"] for o in oip.json()["outputs"]] == ["anomaly_score", "anomaly_flag", "reasons"]
     assert wrong.status_code == 400 and "generated_score" in wrong.json()["detail"]
     # A generated threshold would silently flag nothing here: refused, with the reason.
     assert gen_v1.status_code == 422 and "no generated-image head" in gen_v1.json()["detail"]
@@ -645,7 +650,9 @@ def test_model_with_a_generated_head_serves_its_scores_flags_and_threshold(head_
         low = client.post("/v1/detect", params={"generated_threshold": 0.0}, files=multipart(blobs)).json()
         oip = client.post("/v2/models/tiny-head/infer", json={"id": "g", "inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": b64}]})  # fmt: skip
         text = scrape(client)
-    assert [o["name"] for o in meta["outputs"]] == ["anomaly_score", "anomaly_flag", "generated_score", "generated_flag"]
+    assert [o["name"] for o in meta["outputs"]] == [
+        "anomaly_score", "anomaly_flag", "generated_score", "generated_flag", "in_domain", "reasons"
+    ]  # fmt: skip
     assert v1["thresholds"]["generated"] == pytest.approx(det.thresholds.generated)
     expected = det.detect([bytearray(b) for b in blobs])
     for res, ref in zip(v1["results"], expected):
@@ -842,3 +849,33 @@ def test_real_uvicorn_server_serves_limits_and_shuts_down_gracefully(tiny_model,
     assert proc.returncode == 0, err.decode()
     text = err.decode()
     assert "serving model 'tiny-zeros'" in text and "Finished server process" in text  # logs go to stderr
+
+
+def test_kserve_binary_requests_that_do_not_add_up_get_400(detector, digits):
+    import struct
+
+    head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 10}}]}).encode()  # fmt: skip
+    png0 = digits["zeros"][0]
+    good = struct.pack("<I", len(png0)) + png0
+    good_head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                        "parameters": {"binary_data_size": len(good)}}],
+                            "parameters": {"binary_data_output": True}}).encode()  # fmt: skip
+    url = "/v2/models/tiny-zeros/infer"
+    octet = {"content-type": "application/octet-stream"}
+    with served(detector, warmup=False) as client:
+        past = client.post(url, content=head + b"x" * 4, headers={**octet, "Inference-Header-Content-Length": str(len(head))})
+        huge = client.post(url, content=head, headers={**octet, "Inference-Header-Content-Length": "999999"})
+        cut = client.post(url, content=head + b"\xff\xff\x00\x00" + b"x" * 6,
+                          headers={**octet, "Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+        ok = client.post(url, content=good_head + good, headers={**octet, "Inference-Header-Content-Length": str(len(good_head))})
+    assert past.status_code == 400 and "binary_data_size 10 runs past" in past.json()["detail"]
+    assert huge.status_code == 400 and "Inference-Header-Content-Length is 999999" in huge.json()["detail"]
+    assert cut.status_code == 400 and "BYTES element 0" in cut.json()["detail"]
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/octet-stream"
+    n = int(ok.headers["Inference-Header-Content-Length"])
+    body = json.loads(ok.content[:n])
+    sizes = [o["parameters"]["binary_data_size"] for o in body["outputs"]]
+    assert all("data" not in o for o in body["outputs"]) and sum(sizes) == len(ok.content) - n
+    score = struct.unpack("<f", ok.content[n : n + 4])[0]
+    assert score == pytest.approx(detector.detect(png0).anomaly_score, rel=1e-5)

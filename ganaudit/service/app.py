@@ -37,10 +37,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, evidence
 from ..errors import ConfigError, GanauditError
 from ..grid import encode_png
 from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
+from . import binary
 from . import schemas as S
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
 from .limits import ApiKeyAuth, BodySizeLimit, RequestMetrics, RequestTimeout, error_body
@@ -136,7 +137,9 @@ def heatmap_png(anomaly_map: np.ndarray) -> bytes:
 
 
 # Verdict fields a result carries, in order (Verdict.to_dict() deep-copies via asdict: too slow per image here).
-_RESULT_FIELDS = tuple(f.name for f in fields(Verdict) if f.name not in ("source", "components", "anomaly_map"))
+_RESULT_FIELDS = tuple(
+    f.name for f in fields(Verdict) if f.name not in ("source", "components", "anomaly_map", "generated_map")
+)
 
 
 def _result(filename: str | None, v: Verdict) -> dict[str, Any]:
@@ -145,6 +148,8 @@ def _result(filename: str | None, v: Verdict) -> dict[str, Any]:
         d[name] = _finite(getattr(v, name))
     d["components"] = {k: _finite(val) for k, val in v.components.items()}
     d["anomaly_map"] = base64.b64encode(heatmap_png(v.anomaly_map)).decode() if v.anomaly_map is not None else None
+    gm = v.generated_map
+    d["generated_map"] = None if gm is None else base64.b64encode(heatmap_png(evidence.for_display(gm))).decode()
     return d
 
 
@@ -276,7 +281,9 @@ class Service:
         outs = [("anomaly_score", "FP32"), ("anomaly_flag", "BOOL")]
         if self.detector.has_generated_head:
             outs += [("generated_score", "FP32"), ("generated_flag", "BOOL")]
-        return outs
+        if self.detector.gate_active:
+            outs.append(("in_domain", "BOOL"))
+        return outs + [("reasons", "BYTES")]
 
     def model_ref(self) -> dict[str, str]:
         return {"name": self.name, "spec_hash": self.spec_hash}
@@ -333,6 +340,29 @@ def _number_param(params: dict[str, Any] | None, key: str) -> float | None:
     return float(value)
 
 
+def _binary_size(params: dict[str, Any] | None) -> int | None:
+    """An input's ``binary_data_size`` (binary tensor data extension), or None when its data is in the JSON."""
+    size = (params or {}).get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise binary.BinaryFormatError(f"binary_data_size must be an integer, got {size!r}")
+    return size
+
+
+def _binary_wanted(output_params: dict[str, Any] | None, request_params: dict[str, Any] | None) -> bool:
+    """Whether an output goes back in binary form: its own ``binary_data``, else the request's ``binary_data_output``."""
+    if output_params and "binary_data" in output_params:
+        return output_params["binary_data"] is True
+    return bool(request_params) and request_params.get("binary_data_output") is True  # type: ignore[union-attr]
+
+
+def _kserve_error(request: Request, code: str, detail: str) -> str:
+    """The ``error`` field: the code, and on /v2 routes the code then the detail, since the Open Inference
+    Protocol's clients (tritonclient) show only ``error`` (e.g. "invalid_request: input 'image' element 1: ...")."""
+    return f"{code}: {detail}" if request.url.path.startswith("/v2/") else code
+
+
 def _media_type(request: Request) -> str:
     return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
 
@@ -371,11 +401,12 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
     # ---------------------------------------------------------------- errors
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return _error_response(exc.status, exc.error, exc.detail, exc.headers)
+        return _error_response(exc.status, _kserve_error(request, exc.error, exc.detail), exc.detail, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        code = _kserve_error(request, code, str(exc.detail))
         return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -442,7 +473,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
     # ---------------------------------------------------------------- Open Inference Protocol
     @app.get("/v2", response_model=S.ServerMetadata, tags=["kserve-v2"], summary="Server metadata", responses={401: S.ERR_401})
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "ganaudit", "version": __version__, "extensions": []}
+        return {"name": "ganaudit", "version": __version__, "extensions": [binary.EXTENSION]}
 
     @app.get("/v2/health/live", response_model=S.LiveResponse, tags=["kserve-v2"], summary="Liveness")
     async def live() -> dict[str, bool]:
@@ -500,16 +531,26 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         openapi_extra=_INFER_BODY,
     )
     async def infer(name: str, request: Request) -> Response:
-        """One BYTES input holding N base64 encoded image files; outputs `anomaly_score`, `anomaly_flag` and,
-        when the model has a generated-image head, `generated_score` and `generated_flag`, each of shape [N].
-        The request `id` is echoed. An inference request is atomic: an image that cannot be decoded fails it
-        with 400 (use `/v1/detect` for per-image errors)."""
+        """One BYTES input holding N encoded image files (base64 strings in JSON, raw bytes in binary form);
+        outputs `anomaly_score`, `anomaly_flag`, `reasons` and, when the model has a generated-image head,
+        `generated_score`, `generated_flag` (and `in_domain` with the domain gate on), each of shape [N]. An
+        abstaining generated verdict gives `generated_score` null (NaN in binary form) and `generated_flag`
+        false. The request `id` is echoed. Supports the binary tensor data extension (what
+        `tritonclient.http` sends by default). An inference request is atomic: an image that cannot be decoded
+        fails it with 400 (use `/v1/detect` for per-image errors)."""
         service.check_model(name)
         media = _media_type(request)
-        if media and media != "application/json" and not media.endswith("+json"):
+        header_length = request.headers.get(binary.HEADER)
+        if media and media != "application/json" and not media.endswith("+json") and not (
+            header_length is not None and media == "application/octet-stream"
+        ):
             raise ServiceError(415, "unsupported_media_type", f"Content-Type {media!r} is not accepted: send application/json")
         try:
-            payload = S.InferRequest.model_validate_json(await request.body())
+            head, rest = binary.split_body(await request.body(), header_length)
+            payload = S.InferRequest.model_validate_json(head)
+            raw = binary.take_inputs([_binary_size(i.parameters) for i in payload.inputs], rest)
+        except binary.BinaryFormatError as e:
+            raise ServiceError(400, "invalid_request", str(e)) from None
         except ValidationError as e:
             parts = [f"{'.'.join(str(x) for x in err.get('loc', ())) or 'body'}: {err.get('msg', '')}" for err in e.errors()]
             raise ServiceError(400, "invalid_request", "; ".join(parts)) from None
@@ -518,7 +559,12 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         inp = payload.inputs[0]
         if inp.datatype.upper() != "BYTES":
             raise ServiceError(400, "invalid_request", f"input {inp.name!r} must have datatype BYTES, got {inp.datatype!r}")
-        data = _flatten(inp.data)
+        if inp.data is None and raw[0] is None:
+            raise ServiceError(400, "invalid_request", f"input {inp.name!r} has no data and no binary_data_size")
+        try:
+            data = _flatten(inp.data) if raw[0] is None else binary.decode_bytes_elements(raw[0])
+        except binary.BinaryFormatError as e:
+            raise ServiceError(400, "invalid_request", f"input {inp.name!r}: {e}") from None
         if any(d < 0 for d in inp.shape) or math.prod(inp.shape) != len(data):
             raise ServiceError(
                 400, "invalid_request", f"input {inp.name!r} has shape {inp.shape} but holds {len(data)} elements"
@@ -536,6 +582,9 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         )
         blobs = []
         for i, item in enumerate(data):
+            if isinstance(item, bytes):  # binary form: the raw file
+                blobs.append(item)
+                continue
             if not isinstance(item, str):
                 raise ServiceError(400, "invalid_request", f"input {inp.name!r} element {i}: expected a base64 string")
             try:
@@ -555,12 +604,27 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
             "anomaly_flag": [bool(v.anomaly_flag) for v in verdicts],
             "generated_score": [v.generated_score for v in verdicts],
             "generated_flag": [bool(v.generated_flag) for v in verdicts],
+            "in_domain": [v.in_domain is not False for v in verdicts],
+            "reasons": [json.dumps(v.reasons) for v in verdicts],
         }
-        outputs = [{"name": k, "shape": [n], "datatype": available[k], "data": [_finite(x) for x in values[k]]} for k in wanted]
+        as_binary = {o.name: _binary_wanted(o.parameters, payload.parameters) for o in payload.outputs or []}
+        default_binary = _binary_wanted(None, payload.parameters)
+        outputs, binaries = [], []
+        for k in wanted:
+            out: dict[str, Any] = {"name": k, "shape": [n], "datatype": available[k]}
+            if as_binary.get(k, default_binary):
+                binaries.append(binary.encode(available[k], values[k]))
+                out["parameters"] = {"binary_data_size": len(binaries[-1])}
+            else:
+                out["data"] = [_finite(x) for x in values[k]]
+            outputs.append(out)
         body: dict[str, Any] = {"model_name": service.name, "model_version": service.spec_hash, "outputs": outputs}
         if payload.id is not None:
             body["id"] = payload.id
-        return JSONResponse(body)
+        if not binaries:
+            return JSONResponse(body)
+        content, json_length = binary.response_body(body, binaries)
+        return Response(content, media_type="application/octet-stream", headers={binary.HEADER: str(json_length)})
 
     # ---------------------------------------------------------------- metrics
     @app.get(

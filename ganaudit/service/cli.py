@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
                 "'Authorization: Bearer <key>' or 'X-API-Key: <key>' (health and docs stay open)."
             ),
         ] = None,
+        domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
     ) -> None:
         """Serve a detector over HTTP: /v1/detect, the Open Inference Protocol (KServe v2) and /metrics."""
         try:
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
             max_upload_mb=max_upload_mb, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
             max_queue=max_queue, timeout_s=timeout_s, api_key=api_key,
         )  # fmt: skip
-        detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size))
+        detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate)
         application = create_app(detector, settings)
         access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
         typer.echo(

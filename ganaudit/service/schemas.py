@@ -93,6 +93,19 @@ class DetectResult(BaseModel):
     generated_flag: Optional[bool] = Field(None, description="generated_score > the generated threshold; null without a generated head.")
     flagged: bool = Field(False, description="anomaly_flag or generated_flag.")
     components: dict[str, float] = Field(default_factory=dict, description="Component scores (e.g. pixel_residual, feature_residual, disc_logit).")
+    in_domain: Optional[bool] = Field(
+        None,
+        description="The domain gate: false = out of the model's training domain, so the generated verdict abstains "
+        "(generated_score and generated_flag are null) and the image is reported as anomalous; null when the model "
+        "has no gate or the server runs with --no-domain-gate.",
+    )
+    domain_score: Optional[float] = Field(None, description="The score the domain gate compares with its limit (null when not gated).")
+    reasons: list[str] = Field(default_factory=list, description="Short sentences for a moderator: which head fired, scores against thresholds, the percentile in words, the domain gate.")
+    generated_map: Optional[str] = Field(
+        None,
+        description="With include_map=true, for images flagged as generated: base64 PNG map of the generated head's "
+        "evidence per window (inferno colormap, black = no evidence, yellow = the window carrying the most).",
+    )
     anomaly_map: Optional[str] = Field(
         None,
         description="With include_map=true: base64 PNG heat map at model resolution (inferno colormap, "
@@ -116,14 +129,19 @@ class DetectResponse(BaseModel):
                         "anomaly_score": 0.5121, "anomaly_percentile": 41.0, "anomaly_flag": False,
                         "anomaly_probability": None, "generated_score": None, "generated_flag": None, "flagged": False,
                         "components": {"disc_logit": 1.92, "pixel_residual": 0.31, "feature_residual": 0.2},
-                        "anomaly_map": None,
+                        "in_domain": None, "domain_score": None,
+                        "reasons": ["Passed: no head fired.", "Anomaly head did not fire: score 0.512 is not above its threshold 0.741.",
+                                    "The image is stranger than 41.0 % of normal images (anomaly percentile 41.0)."],
+                        "generated_map": None, "anomaly_map": None,
                     },
                     {
                         "filename": "broken.png", "status": "error",
                         "error": "truncated PNG: the data ends before the IEND chunk (the file was cut off)",
                         "width": None, "height": None, "anomaly_score": None, "anomaly_percentile": None,
                         "anomaly_flag": None, "anomaly_probability": None, "generated_score": None,
-                        "generated_flag": None, "flagged": False, "components": {}, "anomaly_map": None,
+                        "generated_flag": None, "flagged": False, "components": {}, "in_domain": None,
+                        "domain_score": None, "reasons": ["Not scored: truncated PNG: the data ends before the IEND chunk (the file was cut off)"],
+                        "generated_map": None, "anomaly_map": None,
                     },
                 ],
             }
@@ -197,7 +215,11 @@ class RequestInput(BaseModel):
     shape: list[int] = Field(description="[N] (or [N, 1]): N images.")
     datatype: str = Field(description="Must be BYTES.")
     parameters: Optional[Parameters] = None
-    data: TensorData = Field(description="The encoded image files (PNG, JPEG, ...), base64, row-major (nesting allowed).")
+    data: Optional[TensorData] = Field(
+        None,
+        description="The encoded image files (PNG, JPEG, ...), base64, row-major (nesting allowed); left out when "
+        "parameters.binary_data_size puts them, raw, after the JSON (binary tensor data extension).",
+    )
 
 
 class RequestOutput(BaseModel):
@@ -228,7 +250,7 @@ class ResponseOutput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: Optional[Parameters] = None
-    data: TensorData
+    data: Optional[TensorData] = Field(None, description="Left out for an output sent in binary form (parameters.binary_data_size).")
 
 
 class InferResponse(BaseModel):
