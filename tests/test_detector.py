@@ -18,7 +18,7 @@ import torch
 
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
-from ganaudit.export import FUSION_WEIGHTS, STATIONARY_BELOW, alignment, scoring_model, torch_outputs
+from ganaudit.export import STATIONARY_BELOW, alignment, scoring_model, torch_outputs
 from ganaudit.imaging import preprocess, preprocess_batch
 from ganaudit.scoring import components_of, k_center
 from ganaudit.spec import METADATA_KEY
@@ -308,13 +308,13 @@ def test_anomaly_map_locates_a_pasted_square_and_patch_distance_is_its_unscaled_
 def test_export_picks_the_fusion_weights_by_layout_and_layout_can_be_forced(tiny_run, tiny_model, tmp_path, mnist_test_images):
     sc = Detector.load(tiny_model).spec.scoring
     assert sc["layout"] == "aligned" and sc["alignment"] > STATIONARY_BELOW  # digits share a layout
-    assert sc["weight"] == list(FUSION_WEIGHTS["aligned"])
+    assert sc["weight"] == [c.weights["aligned"] for c in components_of(has_rotation=False)]
 
     res = run_cli("export", tiny_run, "--out", tmp_path / "s.onnx", "--layout", "stationary")  # --out as in train and scan
     assert res.exit_code == 0, res.output
     det = Detector.load(tmp_path / "s.onnx")
     st = det.spec.scoring
-    assert st["layout"] == "stationary" and st["weight"] == list(FUSION_WEIGHTS["stationary"])
+    assert st["layout"] == "stationary" and st["weight"] == [c.weights["stationary"] for c in components_of(False)]
     for v in det.detect(list(mnist_test_images[0][:10])):  # the patch distance alone, as a robust z-score
         i = st["components"].index("patch_distance")
         z = (np.log(v.components["patch_distance"] + 1e-8) - st["center"][i]) / st["scale"][i]
