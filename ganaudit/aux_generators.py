@@ -10,7 +10,7 @@ their samples into the fake pool:
     pixelshuffle  3x3 conv to 4x channels + PixelShuffle(2)   (non-saturating loss)
     transposed    4x4 transposed conv, stride 2               (hinge loss)
     mlp           fully connected generator and critic        (non-saturating loss)
-    autoencoder   reconstructions by a conv autoencoder trained with an L1 loss (transposed-conv decoder)
+    autoencoder   reconstructions by a conv autoencoder, squared-error loss (transposed-conv decoder)
 
 Each GAN family keeps samples from three moments of its training (a third, two thirds, the end), so the
 pool holds early, half-trained and trained fakes. Samples are cached in the run directory (``aux_pool/``),
@@ -141,8 +141,8 @@ def _train_gan(family: str, x: torch.Tensor, steps: int, n: int, gen: torch.Gene
     G = (_mlp_generator(size, channels) if family == "mlp" else _ConvGenerator(family, size, channels)).to(dev)
     D = _critic(family, size, channels).to(dev)
     d_loss, g_loss = LOSSES[_LOSS[family]]
-    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), 3e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), 3e-4, betas=(0.5, 0.999))
     marks = {max(1, steps * k // 3): n // 3 + (n % 3 if k == 3 else 0) for k in (1, 2, 3)}
     out = []
     for step in range(1, steps + 1):
@@ -163,12 +163,12 @@ def _train_gan(family: str, x: torch.Tensor, steps: int, n: int, gen: torch.Gene
 
 
 def _train_autoencoder(x: torch.Tensor, steps: int, n: int, gen: torch.Generator, batch: int) -> np.ndarray:
-    """Train a conv autoencoder (L1) for ``steps``; reconstructions of ``n`` training images."""
+    """Train a conv autoencoder (squared error) for ``steps``; reconstructions of ``n`` training images."""
     ae = _Autoencoder(x.shape[-1], x.shape[1]).to(x.device)
     opt = torch.optim.Adam(ae.parameters(), 1e-3)
     for _ in range(steps):
         real = x[torch.randint(len(x), (batch,), generator=gen).to(x.device)]
-        loss = F.l1_loss(ae(real), real)
+        loss = F.mse_loss(ae(real), real)  # an L1 loss first collapses to the dark background
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
