@@ -1,18 +1,20 @@
-"""Q2b folds: one generated head per left-out family, its fake pool holding ganaudit's auxiliary generators of
-every OTHER family, plus the development-split score that chooses between pool settings.
+"""Q2b folds: one generated head per fold of left-out families, its fake pool holding ganaudit's auxiliary
+generators of every OTHER family, plus the development-split score that chooses between pool settings.
 
     python benchmarks/q2b_folds.py --run RUN --data DATA [--index-range 0:8000] --work DIR --variant NAME
         [--head-aux-steps 400] [--head-steps 1500] [--no-aux]
 
-For each Q2b family F (benchmarks/q2b_families.py) it copies the finished run RUN, retrains only its head
-(`ganaudit train DATA --retrain-head --head-aux all,-F'`, where F' is ganaudit's auxiliary family of the same
-kind: vae -> autoencoder), and exports DIR/NAME-F.onnx; score them on the test families with
+For each fold of Q2b families F, G (benchmarks/q2b_families.py; two per fold, see FOLDS) it copies the
+finished run RUN, retrains only its head (`ganaudit train DATA --retrain-head --head-aux all,-F',-G'`, where
+F' is ganaudit's auxiliary family of the same kind: vae -> autoencoder), and exports it as DIR/NAME-F.onnx
+and DIR/NAME-G.onnx; score them on the test families with
 `q2b_families.py --model-template 'DIR/NAME-{family}.onnx'`. --no-aux retrains without auxiliary generators
 (the baseline pool, one model copied to every family's name).
 
 Development split (no test image, no Q2b test generator): real = the run's held-out validation images;
 generated = the cached samples of ganaudit's own auxiliary family F' (aux_pool/ in the run), which that
-fold's head never saw. Reported per fold: dev AUROC, recall at the shipped threshold, real FPR.
+fold's head never saw (800 of them, from every moment of their training). For F = transposed the head still
+saw ganaudit's own GAN, a transposed-conv DCGAN, in every fold and in the baseline. Reported per fold: dev AUROC, recall at the shipped threshold, real FPR.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from q2_generated import metrics, scores  # noqa: E402
 from q2b_families import FAMILIES  # noqa: E402
 
+N_DEV = 800
 AUX_OF = {"vae": "autoencoder"}  # the other families share their name with ganaudit's auxiliary family
+# Leave-two-out folds (stricter than leave-one-out, and half the head trainings): each pairs families whose
+# traces are closest, so the head cannot learn one from the other: the two interpolating upsamplers, the two
+# transposed-conv decoders, and pixel shuffle with the fully connected generator.
+FOLDS = "nearest+bilinear,transposed+vae,pixelshuffle+mlp"
 
 
 def validation_images(run: Path, data: str) -> list[np.ndarray]:
@@ -72,7 +79,7 @@ def main() -> None:
     ap.add_argument("--head-steps", type=int, default=1500)
     ap.add_argument("--head-aux-steps", type=int, default=400)
     ap.add_argument("--no-aux", action="store_true", help="Baseline: the default pool, no auxiliary generators.")
-    ap.add_argument("--families", default=",".join(FAMILIES), help="Left-out families to run (comma list).")
+    ap.add_argument("--folds", default=FOLDS, help="Folds: comma list of left-out families joined by +.")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -82,25 +89,29 @@ def main() -> None:
     from ganaudit.runtime import Detector
 
     args.work.mkdir(parents=True, exist_ok=True)
-    reals = validation_images(args.run, args.data)
+    reals = validation_images(args.run, args.data)[:N_DEV]
     out: dict[str, dict] = {}
-    families = args.families.split(",")
+    folds = [fold.split("+") for fold in args.folds.split(",")]
+    families = [f for fold in folds for f in fold]
+    assert sorted(families) == sorted(FAMILIES), f"the folds must cover {FAMILIES} once each"
     if args.no_aux:  # the run's own head (trained with the default pool): one model for every family
         model = args.work / f"{args.variant}.onnx"
         if not model.is_file():
             export(args.run, model, fpr=0.01, name=args.variant)
         for family in families:
             shutil.copyfile(model, args.work / f"{args.variant}-{family}.onnx")
-    for family in families if not args.no_aux else []:
-        aux = f"all,-{AUX_OF.get(family, family)}"
-        fold = args.work / f"{args.variant}-{family}"
-        model = args.work / f"{args.variant}-{family}.onnx"
-        if model.is_file():
-            continue
-        seconds = retrain(args.run, fold, args.data, args.index_range, args.head_steps, aux, args.head_aux_steps)
-        export(fold, model, fpr=0.01, name=fold.name)
-        out[family] = {"aux": aux, "retrain_s": seconds, "model": str(model)}
-        print(f"fold {family}: head retrained in {seconds:.0f} s", file=sys.stderr, flush=True)
+    for left_out in folds if not args.no_aux else []:
+        aux = "all," + ",".join(f"-{AUX_OF.get(f, f)}" for f in left_out)
+        name = f"{args.variant}-{'+'.join(left_out)}"
+        model = args.work / f"{name}.onnx"
+        if not model.is_file():
+            seconds = retrain(args.run, args.work / name, args.data, args.index_range, args.head_steps, aux,
+                              args.head_aux_steps)  # fmt: skip
+            export(args.work / name, model, fpr=0.01, name=name)
+            print(f"fold {name}: head retrained in {seconds:.0f} s", file=sys.stderr, flush=True)
+            out["+".join(left_out)] = {"aux": aux, "retrain_s": seconds, "model": str(model)}
+        for family in left_out:
+            shutil.copyfile(model, args.work / f"{args.variant}-{family}.onnx")
     # development split: each fold's head against the auxiliary family it never saw
     from ganaudit.aux_generators import AUX_DIR
 
@@ -111,7 +122,8 @@ def main() -> None:
         if not held:
             print(f"no cached auxiliary samples of {family} in {args.run / AUX_DIR}: dev split skipped", file=sys.stderr)
             continue
-        fakes = list(np.load(held[0]))
+        fakes = np.load(held[0])
+        fakes = list(fakes[np.random.default_rng(0).permutation(len(fakes))[:N_DEV]])
         m = metrics(scores(det, reals, "clean"), scores(det, fakes, "clean"), det.thresholds.generated)
         out.setdefault(family, {})["dev"] = m
         print(f"| {args.variant} | {family} | {m['auroc']:.3f} | {m['tpr_shipped']:.3f} | {m['fpr_shipped']:.3f} |",
