@@ -140,6 +140,15 @@ def train(
     head_spectral: Annotated[
         bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
     ] = True,
+    head_aux: Annotated[
+        str,
+        typer.Option(
+            help="Auxiliary generators of other families whose samples join the generated head's fake pool: "
+            "none, all, or a comma list of nearest, bilinear, pixelshuffle, transposed, mlp, autoencoder "
+            "(all,-mlp drops one)."
+        ),
+    ] = "none",
+    head_aux_steps: Annotated[int, typer.Option(help="Training steps of each auxiliary generator.")] = 400,
     sample_every: Annotated[int, typer.Option(help="Write a sample grid every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps.")] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
@@ -172,7 +181,7 @@ def train(
         rotation_g=rotation_g,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
-        head_spectral=head_spectral,
+        head_spectral=head_spectral, head_aux=head_aux, head_aux_steps=head_aux_steps,
     )  # fmt: skip
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
@@ -184,7 +193,8 @@ def train(
     options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
     try:
         if retrain_head:
-            cfg = replace(run_cfg, head_steps=head_steps)  # None: the default for the run's GAN steps
+            # head_steps None: the default for the run's GAN steps
+            cfg = replace(run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps)
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
             retrain_head=retrain_head,

@@ -41,6 +41,7 @@ from .grid import encode_png, make_grid
 from .generated import (
     SNAPSHOT_DIR, GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
 )  # fmt: skip
+from .aux_generators import aux_pool, parse_families
 from .layout import alignment, is_stationary
 from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
 from .nets import Discriminator, Encoder, Generator, rotation_targets
@@ -56,6 +57,7 @@ AUDIT_JSON = "audit/audit.json"
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
 MODE_COLLAPSE_RATIO = 0.5
+HEAD_POOL_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
@@ -98,6 +100,11 @@ class TrainConfig:
     head_lr: float = 1e-4
     head_pool: int = 4096
     head_spectral: bool = True
+    # Auxiliary generators of other families in the head's fake pool (aux_generators.py): "" / "none", "all",
+    # or a comma list; they take head_aux_share of the pool and train head_aux_steps steps each.
+    head_aux: str = ""
+    head_aux_steps: int = 400
+    head_aux_share: float = 0.5
     native_crops: int = 4
     sample_every: int = 500
     checkpoint_every: int = 500
@@ -118,6 +125,9 @@ class TrainConfig:
             raise ConfigError(f"head-steps must be positive, got {self.head_steps}")
         if self.head_steps is None:
             self.head_steps = max(1, HEAD_STEPS_PER_GAN_STEP * self.steps)
+        self.head_aux = ",".join(parse_families(self.head_aux))  # normalised: validated, fixed order
+        if not 0 <= self.head_aux_share < 1 or self.head_aux_steps < 1:
+            raise ConfigError("head-aux-share must be in [0, 1) and head-aux-steps positive")
         if self.generated_head and not 1 <= self.native_crops <= 16:
             raise ConfigError(f"native-crops must be 1..16 with the generated head, got {self.native_crops}")
 
@@ -392,7 +402,11 @@ class Trainer:
                 [g.to(self.device) for g in load_snapshots(self.run_dir, self.nets.G)],
                 self.nets.G_ema, self.nets.E, self.x.cpu().numpy(),
             )  # fmt: skip
-            self.pool = fake_pool(src, self.cfg.head_pool, self.cfg.seed + 2, self.device)
+            cfg, families = self.cfg, parse_families(self.cfg.head_aux)
+            n_aux = round(cfg.head_pool * cfg.head_aux_share) if families else 0
+            own = fake_pool(src, cfg.head_pool - n_aux, cfg.seed + 2, self.device)
+            aux = aux_pool(self.run_dir, families, self.x, n_aux, cfg.head_aux_steps, cfg.seed)
+            self.pool = np.concatenate([own, aux])
         self.nets.H.train()
         return self.nets.H
 
@@ -596,9 +610,10 @@ def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict
     return cfg, train, ckpt
 
 
-def reset_head(run_dir: Path, head_steps: int | None) -> None:
+def reset_head(run_dir: Path, head_steps: int | None, head_options: dict[str, Any] | None = None) -> None:
     """Rewind a run whose GAN and encoder phases are done to the start of its head phase, with ``head_steps``
-    (None: the default), so that resuming trains a new generated-image head on the same G, D and E."""
+    (None: the default) and ``head_options`` (other head_* settings), so that resuming trains a new
+    generated-image head on the same G, D and E."""
     cfg, ckpt = load_config(run_dir), load_checkpoint(run_dir)
     if not cfg.generated_head:
         raise ConfigError(f"{run_dir} was trained without the generated-image head: there is no head to retrain")
@@ -607,7 +622,7 @@ def reset_head(run_dir: Path, head_steps: int | None) -> None:
         raise ConfigError(
             f"{run_dir} is at step {ckpt['step']}, before its head phase (step {start}): finish it with --resume"
         )
-    new_cfg = asdict(replace(cfg, head_steps=head_steps))  # None: the default for the run's GAN steps
+    new_cfg = asdict(replace(cfg, head_steps=head_steps, **(head_options or {})))  # None: the default for the run's GAN steps
     ckpt = {k: v for k, v in ckpt.items() if k not in ("H", "opt_h")} | {"step": start, "config": new_cfg}
     save_checkpoint(run_dir / CHECKPOINT, ckpt)
     atomic_write(run_dir / "config.json", json.dumps(new_cfg, indent=2))
@@ -637,7 +652,7 @@ def train(
     dev = pick_device(device)
     if retrain_head:
         check_same_data(data, run_dir)  # before anything is rewound
-        reset_head(run_dir, cfg.head_steps)
+        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_POOL_OPTIONS})
         resume = True
     if resume:
         cfg, train_data, ckpt = resume_run(data, run_dir)
