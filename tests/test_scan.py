@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ._bombs import BOMBS
 from .conftest import run_cli
 from ganaudit.report import COLUMNS, ROW_FIELDS
 from ganaudit.runtime import Detector
@@ -51,6 +52,11 @@ BAD = {
     "bad/self-loop.png": "symlink loop",
     "bad/sub/up": "symlink loop",
     "bad/unreadable.png": "permission denied",
+    # Decompression bombs in formats whose header ganaudit does not read by default, named .png (issue 13).
+    "bad/hdr-bomb.png": "HDR images are not accepted",
+    "bad/jpeg2000-bomb.png": "JPEG2000 images are not accepted",
+    "bad/pgm-bomb.png": "PNM images are not accepted",
+    "bad/pfm-bomb.png": "PFM images are not accepted",
 }
 GOOD = ["odd/16bit.png", "odd/rgba.png", "odd/gray.png", "odd/gray.jpg", "odd/cmyk.jpg", "odd/anim.gif", f"odd/{HOSTILE}"]
 N_DIGITS = 24
@@ -81,6 +87,8 @@ def tree(tmp_path_factory, mnist_test_images) -> Path:
     os.symlink("..", root / "bad/sub/up")  # a directory loop
     (root / "bad/unreadable.png").write_bytes(png)
     os.chmod(root / "bad/unreadable.png", 0)
+    for name in ("hdr", "jpeg2000", "pgm", "pfm"):
+        (root / f"bad/{name}-bomb.png").write_bytes(BOMBS[name][0])
     # Must succeed.
     cv2.imwrite(str(root / "odd/16bit.png"), (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16))
     Image.fromarray(np.dstack([digit, digit, digit, np.full_like(digit, 200)]), "RGBA").save(root / "odd/rgba.png")
