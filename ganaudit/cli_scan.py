@@ -96,7 +96,8 @@ def scan_cmd(
     """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
 
     Exit codes: 0 done; 1 something flagged (with --fail-on-flag); 2 usage or model error;
-    3 some file unreadable (with --strict, checked first).
+    3 some file unreadable (with --strict, checked first); 4 the report could not be written
+    (disk full, permission, not a directory); 5 internal error.
     """
     from .cli import fail
     from .models import resolve_model

@@ -54,6 +54,17 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Most images waiting for a batch; beyond it requests get 503 with Retry-After.")
         ] = 256,
         timeout_s: Annotated[float, typer.Option(help="Requests slower than this many seconds get 504.")] = 30.0,
+        max_pixels: Annotated[
+            int,
+            typer.Option(help="Refuse images with more pixels than this (read from the header, before decoding)."),
+        ] = 16_000_000,
+        decode_budget_pixels: Annotated[
+            int,
+            typer.Option(
+                help="Most pixels of images above 1 MP decoding at once, across requests (0: twice --max-pixels); "
+                "bounds the memory decoding takes."
+            ),
+        ] = 0,
         api_key_env: Annotated[
             Optional[str],
             typer.Option(
@@ -82,9 +93,10 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set or empty")
         settings = ServiceSettings(
             max_upload_mb=max_upload_mb, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-            max_queue=max_queue, timeout_s=timeout_s, api_key=api_key,
+            max_queue=max_queue, timeout_s=timeout_s, api_key=api_key, max_pixels=max_pixels,
+            decode_budget_pixels=decode_budget_pixels,
         )  # fmt: skip
-        detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size))
+        detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size), max_pixels=max_pixels)
         application = create_app(detector, settings)
         access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
         typer.echo(

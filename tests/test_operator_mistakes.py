@@ -1,0 +1,85 @@
+"""Issue 13: finite thresholds (6), shipped names everywhere (8), Python API types (9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from ganaudit.errors import ConfigError, ModelFormatError
+from ganaudit.models import shipped_models
+from ganaudit.runtime import Detector
+
+from .conftest import run_cli
+
+needs_digits = pytest.mark.skipif("digits" not in shipped_models(), reason="the shipped digits model is not installed")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("few")
+    for i in range(3):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("value", ["-inf", "inf", "nan", "1e400", "-1e400"])
+def test_scan_refuses_non_finite_thresholds(folder, tiny_model, tmp_path, value):
+    res = run_cli("scan", folder, "--model", tiny_model, "--out", tmp_path / "r", f"--anomaly-threshold={value}")
+    assert res.exit_code == 2 and "anomaly_threshold must be a finite number" in res.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_python_api_refuses_non_finite_and_non_number_thresholds(tiny_model):
+    det = Detector.load(tiny_model)
+    for bad in (float("-inf"), float("nan")):
+        with pytest.raises(ConfigError, match="finite"):
+            det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=bad)
+        with pytest.raises(ConfigError, match="finite"):
+            Detector.load(tiny_model, generated_threshold=bad)
+    with pytest.raises(ConfigError, match="must be a number, got str"):
+        det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold="3")
+    assert det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=1e30).anomaly_flag is False
+
+
+@needs_digits
+def test_shipped_names_work_for_info_load_and_python_m(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file named "digits" here
+    res = run_cli("info", "digits", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["name"]
+    assert Detector.load("digits").spec_hash == Detector.load(shipped_models()["digits"]).spec_hash
+    out = subprocess.run([sys.executable, "-m", "ganaudit", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("ganaudit ")
+
+
+def test_unknown_model_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFormatError, match="model file not found: nope.*shipped model names"):
+        Detector.load("nope")
+    res = run_cli("info", "nope")
+    assert res.exit_code == 2 and "shipped model names" in res.stderr
+
+
+def test_python_api_type_errors_name_what_is_accepted(tiny_model):
+    det = Detector.load(tiny_model)
+    for bad in (None, 3, {"a.png": b"x"}, {"a.png"}):
+        with pytest.raises(TypeError, match="path, encoded bytes or a numpy array"):
+            det.detect(bad)
+    with pytest.raises(TypeError, match="path, a shipped model's name or the model's bytes"):
+        Detector.load(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cannot decode a NoneType"):
+        det.detect([None])
+
+
+def test_long_values_are_cut_in_messages(tiny_model):
+    det = Detector.load(tiny_model)
+    v = det.detect("x" * 1_000_000)
+    assert v.status == "error" and len(v.error) < 400 and "(1000000 characters)" in v.error
+    with pytest.raises(ModelFormatError) as e:
+        Detector.load("m" * 100_000)
+    assert len(str(e.value)) < 400
