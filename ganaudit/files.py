@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .errors import ConfigError
 from .imaging import IMAGE_EXTENSIONS
 
-__all__ = ["Candidate", "WalkStats", "display_path", "iter_files"]
+__all__ = ["Candidate", "WalkStats", "display_path", "iter_files", "path_bytes"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,45 @@ class WalkStats:
 
 
 def display_path(path: str | bytes | os.PathLike) -> str:
-    """A printable form of a path: bytes that are not valid UTF-8 appear as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A printable, reversible form of a path (see :func:`path_bytes`).
+
+    A valid UTF-8 path without a backslash is shown as it is. Any other path (on POSIX) is escaped: each
+    backslash doubled, each byte that is not valid UTF-8 written ``\\xNN``. A shown path holding a backslash
+    is therefore always an escaped one, so no two file names are shown alike.
+    """
+    raw = os.fsencode(path)
+    if os.sep == "\\":  # Windows: names are Unicode, backslash is the separator
+        return raw.decode("utf-8", "backslashreplace")
+    try:
+        text = raw.decode("utf-8")
+        if "\\" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def path_bytes(shown: str) -> bytes:
+    """The file name's bytes back from :func:`display_path`'s form (e.g. a ``path`` cell of results.csv):
+    ``open(path_bytes(row["path"]), "rb")`` opens the file the row is about."""
+    if os.sep == "\\" or "\\" not in shown:
+        return os.fsencode(shown)
+    out, i = bytearray(), 0
+    while i < len(shown):
+        if shown[i] != "\\":
+            j = shown.find("\\", i)
+            j = len(shown) if j < 0 else j
+            out += shown[i:j].encode("utf-8")
+            i = j
+        elif shown[i + 1 : i + 2] == "\\":
+            out += b"\\"
+            i += 2
+        elif shown[i + 1 : i + 2] == "x" and len(shown) >= i + 4:
+            out.append(int(shown[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            raise ValueError(f"not a path shown by ganaudit: stray backslash at {i} in {shown!r}")
+    return bytes(out)
 
 
 def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:

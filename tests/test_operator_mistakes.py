@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,55 @@ def test_long_values_are_cut_in_messages(tiny_model):
     with pytest.raises(ModelFormatError) as e:
         Detector.load("m" * 100_000)
     assert len(str(e.value)) < 400
+
+
+FORMULAS = ["=cmd|' -C calc'!A0.png", "=HYPERLINK(x).png", "+1+1.png", "@SUM(1+1).png", "-2+3.png"]
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised_and_jsonl_stays_raw(tiny_model, tmp_path, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    for name in FORMULAS:
+        cv2.imwrite(name, np.full((28, 28), 50, np.uint8))
+    res = run_cli("scan", "--model", tiny_model, "--out", "r", "--no-progress", "--", *FORMULAS)
+    assert res.exit_code == 0, res.stderr
+    with open("r/results.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["'" + n for n in FORMULAS]
+    assert all(not r["anomaly_score"].startswith("'") for r in rows)  # numbers, even negative, untouched
+    jsonl = [json.loads(line) for line in open("r/results.jsonl", encoding="utf-8")]
+    assert [r["path"] for r in jsonl] == FORMULAS
+
+
+def test_paths_are_reversible_to_their_bytes_and_never_collide(tiny_model, tmp_path):
+    from ganaudit.files import path_bytes
+
+    if sys.platform == "win32":
+        pytest.skip("POSIX file names")
+    root = os.fsencode(tmp_path / "imgs")
+    os.mkdir(root)
+    names = [b"bad\xffname.png", b"bad\\xffname.png", b"back\\\\slash.png", "caf\u00e9.png".encode()]
+    for name in names:
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(cv2.imencode(".png", np.full((28, 28), 50, np.uint8))[1].tobytes())
+    res = run_cli("scan", tmp_path / "imgs", "--model", tiny_model, "--out", tmp_path / "r", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    shown = [json.loads(line)["path"] for line in open(tmp_path / "r" / "results.jsonl", encoding="utf-8")]
+    assert len(set(shown)) == 4  # the real 0xFF byte and a literal "\xff" differ
+    assert sorted(path_bytes(p) for p in shown) == sorted(os.path.join(root, n) for n in names)
+
+
+def test_serve_binds_before_it_says_it_serves(tiny_model):
+    pytest.importorskip("uvicorn")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run_cli("serve", "--model", tiny_model, "--port", port)
+    assert res.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in res.stderr
+    assert "serving model" not in res.stderr + res.stdout
+    res = run_cli("serve", "--model", tiny_model, "--host", "no.such.host.invalid")
+    assert res.exit_code == 2 and "--host 'no.such.host.invalid'" in res.stderr and "serving" not in res.stderr

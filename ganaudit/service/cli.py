@@ -5,8 +5,10 @@ FastAPI and uvicorn are imported inside the command, so the rest of the CLI work
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from typing import Annotated, Optional
 
 import typer
@@ -28,6 +30,27 @@ def uvicorn_log_config(access_log: bool) -> dict:
             "ganaudit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         },
     }
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port``; a busy port or a bad host is a ConfigError (exit 2)."""
+    from ..errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} is not an address or name this machine can bind: {e}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait after a restart
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use: stop the other server or pick another --port") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def register(app: typer.Typer) -> None:
@@ -99,12 +122,16 @@ def register(app: typer.Typer) -> None:
         detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size), max_pixels=max_pixels)
         application = create_app(detector, settings)
         access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
+        sock = bind_socket(host, port)  # before saying anything: a busy port is an error, not a served model
+        port = sock.getsockname()[1]  # --port 0: the port the system picked
         typer.echo(
             f"serving model {detector.name!r} (spec {detector.spec_hash}) on http://{host}:{port} "
             f"(auth {'on' if api_key else 'off'}; docs at /docs)",
             err=True,
         )
-        uvicorn.run(
+        config = uvicorn.Config(
             application, host=host, port=port, log_config=uvicorn_log_config(access_log), access_log=access_log,
             timeout_graceful_shutdown=int(max(1, timeout_s)), server_header=False,
         )  # fmt: skip
+        with sock:
+            uvicorn.Server(config).run(sockets=[sock])
