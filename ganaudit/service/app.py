@@ -51,16 +51,16 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger("ganaudit.service")
 
-# Paths that stay open when an API key is configured: health probes and the API description.
+# Paths that stay open when an API key is configured: health probes and the API description. None of them
+# names the served model (the per-model routes, readiness included, would confirm or reveal it).
 OPEN_PATHS = frozenset({"/v2", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-_MODEL_READY = re.compile(r"^/v2/models/[^/]+/ready$")
 PLATFORM = "onnxruntime_onnx"
 INPUT_NAME = "image"
 
 
 def is_open_path(path: str) -> bool:
-    """True for paths served without an API key (health, readiness, OpenAPI docs)."""
-    return path in OPEN_PATHS or _MODEL_READY.match(path) is not None
+    """True for paths served without an API key (health, server readiness, OpenAPI docs)."""
+    return path in OPEN_PATHS
 
 
 @dataclass
