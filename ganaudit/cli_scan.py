@@ -21,6 +21,8 @@ def _one_line(summary: dict[str, Any]) -> str:
     parts = [f"{c['ok']} scored", f"{c['flagged']} flagged", f"{c['error']} unreadable", f"{c['skipped']} skipped"]
     if c.get("resumed"):
         parts.append(f"{c['resumed']} kept from the previous run")
+    if c.get("duplicates"):
+        parts.append(f"{c['duplicates']} duplicates scanned once")
     rate = summary.get("images_per_second") or 0.0
     secs = summary["seconds"]
     took = f"{secs:.2f}s" if secs < 10 else f"{secs:.0f}s"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .imaging import IMAGE_EXTENSIONS
@@ -39,6 +39,10 @@ class WalkStats:
 
     skipped_non_image: int = 0
     errors: int = 0
+    duplicates: int = 0  # files reached again (given twice, overlapping folders, links): one row each
+    # (st_dev, st_ino) of the files yielded and the directories walked so far.
+    seen_files: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set, repr=False)
 
 
 def display_path(path: str | bytes | os.PathLike) -> str:
@@ -96,9 +100,27 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _extension(name: str) -> str:
+    """The lower-case extension after the last dot, dot included: ".png" for "a.png", "..png" and ".png"."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot >= 0 else ""
+
+
+def _first_time(key: tuple[int, int], stats: WalkStats) -> bool:
+    """Record a file; False (and count a duplicate) when it was yielded before."""
+    if key in stats.seen_files:
+        stats.duplicates += 1
+        return False
+    stats.seen_files.add(key)
+    return True
+
+
 def _walk(
     root: str, root_key: tuple[int, int], recursive: bool, extensions: frozenset[str], stats: WalkStats
 ) -> Iterator[Candidate]:
+    if root_key in stats.seen_dirs:  # an earlier root holds this folder: already walked
+        return
+    stats.seen_dirs.add(root_key)
     try:
         listing = _list_dir(root)
     except OSError as e:
@@ -126,18 +148,23 @@ def _walk(
             yield Candidate(path, error=_link_error(path, e))
             continue
         if is_dir:
-            problem = _enter(path, entry, on_path, stack) if recursive else None
+            problem = _enter(path, entry, on_path, stack, stats) if recursive else None
             if problem:
                 stats.errors += 1
                 yield Candidate(path, error=problem)
             continue
-        if os.path.splitext(entry.name)[1].lower() not in extensions:
+        if _extension(entry.name) not in extensions:
             stats.skipped_non_image += 1
         elif not is_file:
             stats.errors += 1
             yield Candidate(path, error="not a regular file (device, pipe or socket)")
         else:
-            yield Candidate(path)
+            try:  # no system call for a plain file: its inode comes with the listing, its device is the folder's
+                file_key = (os.stat(path).st_dev, entry.inode()) if entry.is_symlink() else (key[0], entry.inode())
+            except OSError:
+                file_key = (-1, id(entry))  # vanished: _load will say so
+            if _first_time(file_key, stats):
+                yield Candidate(path)
 
 
 def _link_error(path: str, e: OSError) -> str:
@@ -154,6 +181,7 @@ def _enter(
     entry: os.DirEntry[str],
     on_path: dict[tuple[int, int], str],
     stack: list[tuple[Iterator[os.DirEntry[str]], tuple[int, int]]],
+    stats: WalkStats,
 ) -> str | None:
     """Push a subdirectory onto the walk; return why not (symlink loop, unreadable) instead."""
     try:
@@ -161,10 +189,13 @@ def _enter(
         key = (st.st_dev, st.st_ino)
         if key in on_path:
             return f"symlink loop: {display_path(path)} leads back to {display_path(on_path[key])}"
+        if key in stats.seen_dirs:  # walked already (overlapping roots, or a link to a walked folder)
+            return None
         listing = _list_dir(path)
     except OSError as e:
         return f"cannot read directory: {_os_reason(e)}"
     on_path[key] = path
+    stats.seen_dirs.add(key)
     stack.append((iter(listing), key))
     return None
 
@@ -215,5 +246,5 @@ def _iter(roots: list[str], recursive: bool, exts: frozenset[str], stats: WalkSt
             continue
         if os.path.isdir(root):
             yield from _walk(root, (st.st_dev, st.st_ino), recursive, exts, stats)
-        else:
+        elif _first_time((st.st_dev, st.st_ino), stats):
             yield Candidate(root)

@@ -136,3 +136,27 @@ def test_serve_binds_before_it_says_it_serves(tiny_model):
     assert "serving model" not in res.stderr + res.stdout
     res = run_cli("serve", "--model", tiny_model, "--host", "no.such.host.invalid")
     assert res.exit_code == 2 and "--host 'no.such.host.invalid'" in res.stderr and "serving" not in res.stderr
+
+
+def test_counts_agree_and_every_file_is_scanned_once(tiny_model, tmp_path):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    png = cv2.imencode(".png", np.full((28, 28), 50, np.uint8))[1].tobytes()
+    for name in ("a.png", "..png", ".png", "sub/b.png"):
+        (root / name).write_bytes(png)
+    (root / "sub" / "bad.png").write_bytes(b"not an image")
+    os.symlink(root / "sub", root / "link-to-sub")
+    os.link(root / "a.png", root / "hard.png")
+    out = tmp_path / "r"
+    res = run_cli("scan", root, root / "sub", root / "a.png", root / "a.png", "--model", tiny_model, "--out", out,
+                  "--no-progress")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    rows = [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
+    names = sorted(os.path.relpath(r["path"], root) for r in rows)
+    # Walk order is by name: the folder is first reached through link-to-sub, and not walked again as sub.
+    assert names == ["..png", ".png", "a.png", "link-to-sub/b.png", "link-to-sub/bad.png"]
+    c = json.loads((out / "summary.json").read_text())["counts"]
+    assert c["candidates"] == len(rows) == c["ok"] + c["error"] == c["processed"] == 5
+    assert (c["ok"], c["error"]) == (4, 1)
+    assert c["duplicates"] == 3  # hard.png and a.png given twice; folders already walked are not walked again
+    assert "4 scored" in res.stdout and "1 unreadable" in res.stdout and "3 duplicates scanned once" in res.stdout

@@ -237,7 +237,7 @@ def test_summary_json(first_scan, tree, tiny_model):
     n = _expected_count(tree)
     c = s["counts"]
     assert c["candidates"] == n and c["ok"] + c["error"] == n
-    assert c["error"] == len(BAD) and c["skipped"] == 2 and c["resumed"] == 0 and c["scored"] == n
+    assert c["error"] == len(BAD) and c["skipped"] == 2 and c["resumed"] == 0 and c["processed"] == n
     rows = read_jsonl(out / "results.jsonl")
     assert c["flagged"] == sum(r["flagged"] for r in rows)
     assert s["model"]["name"] == "tiny-zeros" and s["model"]["spec_hash"] == det.spec_hash
@@ -456,7 +456,7 @@ def test_resume_rescores_nothing_and_keeps_the_rows(first_scan, tree, tiny_model
     assert sum(count_scored) == 0  # every readable file was kept; only error rows were retried
     counts = json.loads(res.stdout)["counts"]
     assert counts["resumed"] == counts["ok"] == _expected_count(tree) - len(BAD)
-    assert counts["scored"] == len(BAD) and counts["candidates"] == _expected_count(tree)
+    assert counts["processed"] == len(BAD) and counts["candidates"] == _expected_count(tree)
     assert (out / "results.jsonl").read_bytes() == before  # same rows, same (walk) order
     assert read_csv(out / "results.csv") == read_csv(first / "results.csv")
 
