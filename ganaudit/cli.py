@@ -76,6 +76,15 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_state = {"quiet": False}
+
+
+def progress_wanted(requested: bool) -> bool:
+    """Draw a progress bar only when asked for, not silenced by -q, and stderr is a terminal (a log file or a
+    pipe would fill with its \\r frames)."""
+    return requested and not _state["quiet"] and sys.stderr.isatty()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"ganaudit {__version__}")
@@ -88,10 +97,14 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars and no warnings on stderr; errors still show.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+    _state["quiet"] = quiet
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
 
 
 def _require_training_extra() -> None:
@@ -168,6 +181,7 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
+    progress = progress_wanted(progress)
     from dataclasses import replace
 
     from .datasets import load_dataset

@@ -101,7 +101,7 @@ def scan_cmd(
     3 some file unreadable (with --strict, checked first); 4 the report could not be written
     (disk full, permission, not a directory); 5 internal error.
     """
-    from .cli import fail
+    from .cli import fail, progress_wanted
     from .models import resolve_model
     from .runtime import Detector
     from .scan import default_threads, default_workers, parse_formats, scan
@@ -123,7 +123,7 @@ def scan_cmd(
     detector = Detector.load(model_path, threads=threads, batch_size=batch_size, max_pixels=max_pixels)
 
     bar = None
-    if progress:
+    if progress_wanted(progress):
         from tqdm import tqdm
 
         bar = tqdm(desc="scanning", unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)

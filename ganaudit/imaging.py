@@ -553,12 +553,26 @@ def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
     return data
 
 
+def _metadata_decode_works() -> bool:
+    """Whether this OpenCV has imdecodeWithMetadata with the (buffer, flags) form (4.12 has another one)."""
+    if not hasattr(cv2, "imdecodeWithMetadata"):
+        return False
+    try:
+        probe = cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1]
+        return cv2.imdecodeWithMetadata(probe, cv2.IMREAD_UNCHANGED)[0] is not None
+    except (cv2.error, TypeError, ValueError):
+        return False
+
+
+_METADATA_DECODE = _metadata_decode_works()
+
+
 def _cv_decode(d: bytes, fmt: str | None) -> tuple[np.ndarray | None, int]:
     """OpenCV decode keeping depth, gray and alpha; returns (image or None, EXIF orientation)."""
     buf = np.frombuffer(d, dtype=np.uint8)
     exif: bytes | None = None
     try:
-        if hasattr(cv2, "imdecodeWithMetadata"):
+        if _METADATA_DECODE:
             img, types, blocks = cv2.imdecodeWithMetadata(buf, cv2.IMREAD_UNCHANGED)
             for kind, block in zip(types, blocks):
                 if kind == cv2.IMAGE_METADATA_EXIF:

@@ -27,7 +27,8 @@ HEADER = f"""# CLI reference
 Every command takes `--help`. Global options go before the command (`{PROG} -v serve`). Machine-readable
 output goes to stdout; progress bars, logs and warnings go to stderr. A ganaudit error (bad model file,
 bad option value) prints one `error: ...` line and exits with code 2; Ctrl-C exits with code 130.
-No command prints a traceback. Exit codes, for every command:
+Progress bars are drawn only when stderr is a terminal (never `\\r` frames in a log); `-q` turns them and
+warnings off. No command prints a traceback. Exit codes, for every command:
 
 | code | meaning |
 | --- | --- |

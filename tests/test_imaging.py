@@ -187,7 +187,10 @@ def test_every_exif_orientation_matches_opencv(orientation, fmt, mode):
 
 def test_exif_orientation_without_imdecode_with_metadata(monkeypatch):
     """Older OpenCV builds: the JPEG EXIF block is parsed by hand."""
+    import ganaudit.imaging
+
     monkeypatch.delattr(cv2, "imdecodeWithMetadata", raising=False)
+    monkeypatch.setattr(ganaudit.imaging, "_METADATA_DECODE", False)  # 4.12's other signature goes this way too
     out = decode(encode(red_blue(40, 20), "JPEG", exif=exif_with_orientation(8), quality=95))
     assert out.shape == (40, 20, 3)
     np.testing.assert_allclose(out[-3, 10], RED, atol=6)  # orientation 8 = 90 degrees counter-clockwise

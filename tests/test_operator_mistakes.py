@@ -160,3 +160,40 @@ def test_counts_agree_and_every_file_is_scanned_once(tiny_model, tmp_path):
     assert (c["ok"], c["error"]) == (4, 1)
     assert c["duplicates"] == 3  # hard.png and a.png given twice; folders already walked are not walked again
     assert "4 scored" in res.stdout and "1 unreadable" in res.stdout and "3 duplicates scanned once" in res.stdout
+
+
+def _scan_stderr(folder, model, out, *flags: str, tty: bool) -> str:
+    import pty
+
+    cmd = [sys.executable, "-m", "ganaudit", *flags, "scan", str(folder), "--model", str(model), "--out", str(out)]
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stderr
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    try:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=slave, timeout=120)
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals")
+def test_progress_bar_only_on_a_terminal_and_q_silences_it(folder, tiny_model, tmp_path):
+    assert "scanning" in _scan_stderr(folder, tiny_model, tmp_path / "a", tty=True)
+    piped = _scan_stderr(folder, tiny_model, tmp_path / "b", tty=False)
+    assert "scanning" not in piped and "\r" not in piped
+    assert "scanning" not in _scan_stderr(folder, tiny_model, tmp_path / "c", "-q", tty=True)
