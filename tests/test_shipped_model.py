@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import warnings
 
 import cv2
@@ -65,3 +66,22 @@ def test_service_routes_with_the_shipped_model():
     assert infer.status_code == 200 and infer.json()["outputs"][0]["name"] == "anomaly_score"
     assert schema.status_code == 200 and "/v1/detect" in schema.json()["paths"]
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_docs_pages_use_installed_assets_not_a_cdn():
+    pytest.importorskip("fastapi")
+    pytest.importorskip("fastapi_offline")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from ganaudit.service.app import ServiceSettings, create_app
+
+    app = create_app(Detector.load("digits"), ServiceSettings(warmup=False, api_key="k"))  # assets stay open
+    with TestClient(app) as client:
+        pages = {p: client.get(p) for p in ("/docs", "/redoc")}
+        assets = [client.get(f"/docs/assets/{f}") for f in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")]
+    for page in pages.values():
+        scripts = re.findall(r'<script[^>]*\bsrc="([^"]+)"', page.text)
+        assert page.status_code == 200 and scripts and all(src.startswith("/docs/assets/") for src in scripts)
+        assert "cdn.jsdelivr" not in page.text
+    assert all(a.status_code == 200 and len(a.content) > 10_000 for a in assets)

@@ -45,6 +45,7 @@ from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
 from . import schemas as S
 from .admission import SMALL_PIXELS, ClientGone, PixelBudget, run_admitted
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .docs_assets import ASSETS_PATH, add_docs_routes
 from .limits import ApiKeyAuth, BodySizeLimit, RequestMetrics, RequestTimeout, error_body
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServiceMetrics
@@ -60,7 +61,7 @@ INPUT_NAME = "image"
 
 def is_open_path(path: str) -> bool:
     """True for paths served without an API key (health, server readiness, OpenAPI docs)."""
-    return path in OPEN_PATHS
+    return path in OPEN_PATHS or path.startswith(ASSETS_PATH + "/")
 
 
 @dataclass
@@ -406,8 +407,11 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
                "health, readiness and docs routes." if settings.api_key else "")
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from docs_assets: served from installed files, not a CDN
+        redoc_url=None,
     )  # fmt: skip
     app.state.service = service
+    add_docs_routes(app, app.title)
 
     # ---------------------------------------------------------------- errors
     @app.exception_handler(ServiceError)
