@@ -12,7 +12,8 @@ import tomllib
 from pathlib import Path
 
 EXTRAS = ("serve", "dev")
-SKIP = {"scikit-image"}  # dev data for benchmarks and examples, not used by the runtime tests
+# Not used by the runtime tests .ci/floors runs: benchmark/example data and the fuzzers' tools.
+SKIP = {"scikit-image", "hypothesis", "schemathesis"}
 
 
 def lowest(requirement: str) -> str:

@@ -339,6 +339,7 @@ _DETECT_BODY = {
                     "properties": {
                         "files": {
                             "type": "array",
+                            "minItems": 1,  # a body without a files part is answered 422: the schema says so too
                             "items": {"type": "string", "format": "binary"},
                             "description": "Image files (PNG, JPEG, BMP, WEBP, TIFF, GIF).",
                         }
@@ -439,6 +440,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         tags=["detect"],
         summary="Score one or more images",
         responses={
+            400: {"model": S.ErrorResponse, "description": "Malformed multipart body (found by schemathesis, issue 13)."},
             401: S.ERR_401, 413: S.ERR_413, 415: S.ERR_415, 422: S.ERR_422_DETECT, 503: S.ERR_503, 504: S.ERR_504,
         },  # fmt: skip
         openapi_extra=_DETECT_BODY,
@@ -526,7 +528,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         response_model=S.ModelReadyResponse,
         tags=["kserve-v2"],
         summary="Model readiness",
-        responses={404: S.ERR_404_MODEL, 503: {"model": S.ModelReadyResponse, "description": "Not ready yet.",
+        responses={401: S.ERR_401, 404: S.ERR_404_MODEL, 503: {"model": S.ModelReadyResponse, "description": "Not ready yet.",
                    "content": {"application/json": {"example": {"name": "tiny-zeros", "ready": False}}}}},
     )  # fmt: skip
     async def model_ready(name: str) -> Response:
