@@ -440,7 +440,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         tags=["detect"],
         summary="Score one or more images",
         responses={
-            400: {"model": S.ErrorResponse, "description": "Malformed multipart body (found by schemathesis, issue 13)."},
+            400: S.ERR_400_DETECT,
             401: S.ERR_401, 413: S.ERR_413, 415: S.ERR_415, 422: S.ERR_422_DETECT, 503: S.ERR_503, 504: S.ERR_504,
         },  # fmt: skip
         openapi_extra=_DETECT_BODY,

@@ -134,4 +134,7 @@ def register(app: typer.Typer) -> None:
             timeout_graceful_shutdown=int(max(1, timeout_s)), server_header=False,
         )  # fmt: skip
         with sock:
-            uvicorn.Server(config).run(sockets=[sock])
+            try:
+                uvicorn.Server(config).run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, after a graceful shutdown
+                pass
