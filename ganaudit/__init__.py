@@ -9,6 +9,13 @@ The runtime API (no torch needed)::
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenCV's own pixel ceiling, a second wall behind ganaudit's header check (imaging.decode). OpenCV reads it
+# once, when cv2 is first imported, so it is set here, before any ganaudit module imports cv2. A value the
+# user exported wins; images above it fail with a message naming the variable.
+_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
+
 from .errors import ConfigError, GanauditError, ImageDecodeError, ModelFormatError  # noqa: E402
 
 __all__ = [

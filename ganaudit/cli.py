@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
+import click
 import typer
 
 from . import __version__
@@ -22,7 +24,13 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Exit codes (docs/cli.md): 0 done; 1 flagged (scan --fail-on-flag, and nothing else); 2 usage, configuration or
+# model error; 3 unreadable images (scan --strict); 4 the operating system refused a read or write (disk full,
+# permission, not a directory); 5 internal error (a bug: please report it); 130 interrupted.
 EXIT_USAGE = 2
+EXIT_OS = 4
+EXIT_INTERNAL = 5
+MAX_SHOWN = 300  # characters of a value or message echoed in an error line
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -31,19 +39,50 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + f"... ({len(text)} characters)"
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: what the system said, and the file it said it about."""
+    what = e.strerror or str(e) or type(e).__name__
+    names = [os.fsdecode(x) for x in (e.filename, e.filename2) if x is not None]
+    return _cut(f"{what}: {' -> '.join(names)}" if names else what)
+
+
 def friendly_errors(fn: F) -> F:
-    """Turn ganaudit errors into a one-line message and exit code 2; Ctrl-C into exit 130."""
+    """Turn ganaudit errors into a one-line message and exit code 2, OSError into exit 4, any other exception
+    into exit 5 (the traceback only with -v), Ctrl-C into exit 130. Exit 1 stays for "flagged"."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
         except GanauditError as e:
-            raise fail(str(e)) from None
+            raise fail(_cut(str(e))) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except OSError as e:
+            raise fail(os_error_line(e), EXIT_OS) from None
+        except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback with -v
+            logging.getLogger("ganaudit").info("internal error", exc_info=True)
+            raise fail(
+                _cut(f"internal error ({type(e).__name__}: {e}); please report it with the output of `ganaudit -v ...`"),
+                EXIT_INTERNAL,
+            ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_state = {"quiet": False}
+
+
+def progress_wanted(requested: bool) -> bool:
+    """Draw a progress bar only when asked for, not silenced by -q, and stderr is a terminal (a log file or a
+    pipe would fill with its \\r frames)."""
+    return requested and not _state["quiet"] and sys.stderr.isatty()
 
 
 def _version(value: bool) -> None:
@@ -58,10 +97,14 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars and no warnings on stderr; errors still show.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+    _state["quiet"] = quiet
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
 
 
 def _require_training_extra() -> None:
@@ -158,6 +201,7 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
+    progress = progress_wanted(progress)
     from dataclasses import replace
 
     from .datasets import load_dataset

@@ -24,6 +24,8 @@ def _one_line(summary: dict[str, Any]) -> str:
     parts = [f"{c['ok']} scored", flagged, f"{c['error']} unreadable", f"{c['skipped']} skipped"]
     if c.get("resumed"):
         parts.append(f"{c['resumed']} kept from the previous run")
+    if c.get("duplicates"):
+        parts.append(f"{c['duplicates']} duplicates scanned once")
     rate = summary.get("images_per_second") or 0.0
     secs = summary["seconds"]
     took = f"{secs:.2f}s" if secs < 10 else f"{secs:.0f}s"
@@ -100,9 +102,10 @@ def scan_cmd(
     """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
 
     Exit codes: 0 done; 1 something flagged (with --fail-on-flag); 2 usage or model error;
-    3 some file unreadable (with --strict, checked first).
+    3 some file unreadable (with --strict, checked first); 4 the report could not be written
+    (disk full, permission, not a directory); 5 internal error.
     """
-    from .cli import fail
+    from .cli import fail, progress_wanted
     from .models import resolve_model
     from .runtime import Detector
     from .scan import default_threads, default_workers, parse_formats, scan
@@ -126,7 +129,7 @@ def scan_cmd(
     )
 
     bar = None
-    if progress:
+    if progress_wanted(progress):
         from tqdm import tqdm
 
         bar = tqdm(desc="scanning", unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)

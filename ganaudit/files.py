@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .imaging import IMAGE_EXTENSIONS
 
-__all__ = ["Candidate", "WalkStats", "display_path", "iter_files"]
+__all__ = ["Candidate", "WalkStats", "display_path", "iter_files", "path_bytes"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,52 @@ class WalkStats:
 
     skipped_non_image: int = 0
     errors: int = 0
+    duplicates: int = 0  # files reached again (given twice, overlapping folders, links): one row each
+    # (st_dev, st_ino) of the files yielded and the directories walked so far.
+    seen_files: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set, repr=False)
 
 
 def display_path(path: str | bytes | os.PathLike) -> str:
-    """A printable form of a path: bytes that are not valid UTF-8 appear as ``\\xNN`` escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A printable, reversible form of a path (see :func:`path_bytes`).
+
+    A valid UTF-8 path without a backslash is shown as it is. Any other path (on POSIX) is escaped: each
+    backslash doubled, each byte that is not valid UTF-8 written ``\\xNN``. A shown path holding a backslash
+    is therefore always an escaped one, so no two file names are shown alike.
+    """
+    raw = os.fsencode(path)
+    if os.sep == "\\":  # Windows: names are Unicode, backslash is the separator
+        return raw.decode("utf-8", "backslashreplace")
+    try:
+        text = raw.decode("utf-8")
+        if "\\" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def path_bytes(shown: str) -> bytes:
+    """The file name's bytes back from :func:`display_path`'s form (e.g. a ``path`` cell of results.csv):
+    ``open(path_bytes(row["path"]), "rb")`` opens the file the row is about."""
+    if os.sep == "\\" or "\\" not in shown:
+        return os.fsencode(shown)
+    out, i = bytearray(), 0
+    while i < len(shown):
+        if shown[i] != "\\":
+            j = shown.find("\\", i)
+            j = len(shown) if j < 0 else j
+            out += shown[i:j].encode("utf-8")
+            i = j
+        elif shown[i + 1 : i + 2] == "\\":
+            out += b"\\"
+            i += 2
+        elif shown[i + 1 : i + 2] == "x" and len(shown) >= i + 4:
+            out.append(int(shown[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            raise ValueError(f"not a path shown by ganaudit: stray backslash at {i} in {shown!r}")
+    return bytes(out)
 
 
 def _normalise_extensions(extensions: Iterable[str]) -> frozenset[str]:
@@ -59,9 +100,27 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _extension(name: str) -> str:
+    """The lower-case extension after the last dot, dot included: ".png" for "a.png", "..png" and ".png"."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot >= 0 else ""
+
+
+def _first_time(key: tuple[int, int], stats: WalkStats) -> bool:
+    """Record a file; False (and count a duplicate) when it was yielded before."""
+    if key in stats.seen_files:
+        stats.duplicates += 1
+        return False
+    stats.seen_files.add(key)
+    return True
+
+
 def _walk(
     root: str, root_key: tuple[int, int], recursive: bool, extensions: frozenset[str], stats: WalkStats
 ) -> Iterator[Candidate]:
+    if root_key in stats.seen_dirs:  # an earlier root holds this folder: already walked
+        return
+    stats.seen_dirs.add(root_key)
     try:
         listing = _list_dir(root)
     except OSError as e:
@@ -89,18 +148,23 @@ def _walk(
             yield Candidate(path, error=_link_error(path, e))
             continue
         if is_dir:
-            problem = _enter(path, entry, on_path, stack) if recursive else None
+            problem = _enter(path, entry, on_path, stack, stats) if recursive else None
             if problem:
                 stats.errors += 1
                 yield Candidate(path, error=problem)
             continue
-        if os.path.splitext(entry.name)[1].lower() not in extensions:
+        if _extension(entry.name) not in extensions:
             stats.skipped_non_image += 1
         elif not is_file:
             stats.errors += 1
             yield Candidate(path, error="not a regular file (device, pipe or socket)")
         else:
-            yield Candidate(path)
+            try:  # no system call for a plain file: its inode comes with the listing, its device is the folder's
+                file_key = (os.stat(path).st_dev, entry.inode()) if entry.is_symlink() else (key[0], entry.inode())
+            except OSError:
+                file_key = (-1, id(entry))  # vanished: _load will say so
+            if _first_time(file_key, stats):
+                yield Candidate(path)
 
 
 def _link_error(path: str, e: OSError) -> str:
@@ -117,6 +181,7 @@ def _enter(
     entry: os.DirEntry[str],
     on_path: dict[tuple[int, int], str],
     stack: list[tuple[Iterator[os.DirEntry[str]], tuple[int, int]]],
+    stats: WalkStats,
 ) -> str | None:
     """Push a subdirectory onto the walk; return why not (symlink loop, unreadable) instead."""
     try:
@@ -124,10 +189,13 @@ def _enter(
         key = (st.st_dev, st.st_ino)
         if key in on_path:
             return f"symlink loop: {display_path(path)} leads back to {display_path(on_path[key])}"
+        if key in stats.seen_dirs:  # walked already (overlapping roots, or a link to a walked folder)
+            return None
         listing = _list_dir(path)
     except OSError as e:
         return f"cannot read directory: {_os_reason(e)}"
     on_path[key] = path
+    stats.seen_dirs.add(key)
     stack.append((iter(listing), key))
     return None
 
@@ -178,5 +246,5 @@ def _iter(roots: list[str], recursive: bool, exts: frozenset[str], stats: WalkSt
             continue
         if os.path.isdir(root):
             yield from _walk(root, (st.st_dev, st.st_ino), recursive, exts, stats)
-        else:
+        elif _first_time((st.st_dev, st.st_ino), stats):
             yield Candidate(root)

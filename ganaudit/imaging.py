@@ -25,7 +25,11 @@ from .errors import ImageDecodeError
 from .spec import PreprocessSpec
 
 __all__ = [
+    "DECODED_FORMATS",
+    "check_header",
     "DEFAULT_MAX_PIXELS",
+    "EXTRA_FORMATS_ENV",
+    "OPT_IN_FORMATS",
     "IMAGE_EXTENSIONS",
     "Source",
     "decode",
@@ -42,6 +46,12 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # native_regions enlarges an image smaller than the model size; past this many pixels it enlarges crop by crop.
 MAX_ENLARGED_PIXELS = 4_000_000
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+# Formats decoded by default: ganaudit reads their pixel size from the header, so the pixel limit holds before
+# OpenCV allocates anything. Every other format is refused with an error naming it, except the opt-in ones
+# (their header is read too) listed in the environment variable EXTRA_FORMATS_ENV, e.g. "PNM,HDR" or "all".
+DECODED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+OPT_IN_FORMATS = ("PNM", "PFM", "HDR", "JPEG2000")
+EXTRA_FORMATS_ENV = "GANAUDIT_EXTRA_FORMATS"
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -103,8 +113,65 @@ def _sniff(d: bytes) -> str | None:
     if d[4:8] == b"ftyp":
         return "HEIF/AVIF"
     if d.startswith(b"\x00\x00\x00\x0cjP  ") or d.startswith(b"\xff\x4f\xff\x51"):
-        return "JPEG 2000"
+        return "JPEG2000"
+    if len(d) > 2 and d[:1] == b"P" and d[2:3].isspace():
+        if d[1:2] in (b"F", b"f"):
+            return "PFM"
+        if d[1:2] in b"1234567":
+            return "PNM"
+    if d.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return "HDR"
+    if d.startswith(b"\x76\x2f\x31\x01"):
+        return "OpenEXR"
+    if d.startswith(b"\x59\xa6\x6a\x95"):
+        return "Sun raster"
     return None
+
+
+def _pnm_tokens(d: bytes, n: int) -> list[bytes]:
+    """The first ``n`` whitespace-separated header tokens after a PNM/PFM magic, skipping # comments."""
+    out: list[bytes] = []
+    for line in d[2 : 2 + 4096].splitlines():
+        out += line.split(b"#", 1)[0].split()
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def _pnm_size(d: bytes) -> tuple[int, int] | None:
+    if d[1:2] == b"7":  # PAM: "WIDTH w" and "HEIGHT h" lines
+        keys = dict(line.split(None, 1) for line in d[3:4096].splitlines() if len(line.split(None, 1)) == 2)
+        w, h = keys.get(b"WIDTH", b""), keys.get(b"HEIGHT", b"")
+    else:
+        tokens = _pnm_tokens(d, 2)
+        if len(tokens) < 2:
+            return None
+        w, h = tokens
+    return (int(w), int(h)) if w.strip().isdigit() and h.strip().isdigit() else None
+
+
+def _hdr_size(d: bytes) -> tuple[int, int] | None:
+    """Radiance HDR: header lines up to an empty line, then e.g. "-Y 8000 +X 16000" (height first)."""
+    lines = d[:4096].split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip() and i + 1 < len(lines):
+            parts = lines[i + 1].split()
+            if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
+                return None
+            dims = {parts[0][-1:]: int(parts[1]), parts[2][-1:]: int(parts[3])}
+            return (dims[b"X"], dims[b"Y"]) if set(dims) == {b"X", b"Y"} else None
+    return None
+
+
+def _jpeg2000_size(d: bytes) -> tuple[int, int] | None:
+    if d.startswith(b"\xff\x4f\xff\x51"):  # raw codestream: SIZ marker segment
+        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", d, 8)
+        return xsiz - xo, ysiz - yo
+    at = d.find(b"ihdr", 0, _HEAD_BYTES)  # JP2 container: the image header box
+    if at < 0:
+        return None
+    height, width = struct.unpack_from(">II", d, at + 4)
+    return width, height
 
 
 def _png_size(d: bytes) -> tuple[int, int] | None:
@@ -196,13 +263,39 @@ _SIZE_READERS = {
     "BMP": _bmp_size,
     "WEBP": _webp_size,
     "TIFF": _tiff_size,
+    "PNM": _pnm_size,
+    "PFM": lambda d: _pnm_size(d[:1] + b"1" + d[2:]),  # same two numbers after the magic
+    "HDR": _hdr_size,
+    "JPEG2000": _jpeg2000_size,
 }
+
+
+def allowed_formats() -> frozenset[str]:
+    """The formats decode() decodes: DECODED_FORMATS plus the opt-in ones named in $GANAUDIT_EXTRA_FORMATS."""
+    extra = {x.strip().upper() for x in os.environ.get(EXTRA_FORMATS_ENV, "").split(",") if x.strip()}
+    if "ALL" in extra:
+        extra = set(OPT_IN_FORMATS)
+    return frozenset(DECODED_FORMATS) | (extra & set(OPT_IN_FORMATS))
+
+
+def _check_format(fmt: str | None) -> None:
+    if fmt is not None and fmt not in allowed_formats():
+        hint = (
+            f"or allow it with {EXTRA_FORMATS_ENV}={fmt} (its size is read from the header too)"
+            if fmt in OPT_IN_FORMATS
+            else "ganaudit does not decode it"
+        )
+        raise ImageDecodeError(
+            f"{fmt} images are not accepted: ganaudit decodes {', '.join(DECODED_FORMATS)}, whose pixel size it "
+            f"checks before decoding; convert the image to PNG, {hint}"
+        )
 
 
 def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """Read ``(width, height)`` from an encoded image's header, without decoding any pixels.
 
-    Understands PNG, JPEG, GIF, BMP, WEBP (VP8, VP8L, VP8X) and TIFF (both byte orders, BigTIFF, first IFD).
+    Understands PNG, JPEG, GIF, BMP, WEBP (VP8, VP8L, VP8X) and TIFF (both byte orders, BigTIFF, first IFD),
+    and the opt-in formats PNM (PBM/PGM/PPM/PAM), PFM, Radiance HDR and JPEG 2000 (codestream or JP2).
     Returns None for any other format, or when the header is cut short or unreadable.
     """
     d = data if isinstance(data, bytes) else bytes(data)
@@ -211,7 +304,7 @@ def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
         return None
     try:
         size = reader(d)
-    except struct.error:
+    except (struct.error, ValueError, KeyError):
         return None
     if size is None or size[0] <= 0 or size[1] <= 0:
         return None
@@ -335,8 +428,20 @@ def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageDecodeError(
             f"image is {width}x{height} = {_megapixels(width * height)} MP, above the "
-            f"{_megapixels(max_pixels)} MP limit; raise max_pixels to allow it"
+            f"{_megapixels(max_pixels)} MP limit; raise --max-pixels (max_pixels in Python) to allow it"
         )
+
+
+def check_header(data: bytes | bytearray | memoryview, max_pixels: int | None) -> int:
+    """The pixel count an encoded image's header declares (0 when unreadable: decode() will say why), after
+    the checks decode() makes first: raises ImageDecodeError for a refused format or a count above ``max_pixels``."""
+    d = data if isinstance(data, bytes) else bytes(data)
+    _check_format(_sniff(d))
+    size = image_size(d)
+    if size is None:
+        return 0
+    _check_pixels(size[0], size[1], max_pixels)
+    return size[0] * size[1]
 
 
 def _to_uint8(arr: np.ndarray, strict_float: bool) -> np.ndarray:
@@ -346,7 +451,8 @@ def _to_uint8(arr: np.ndarray, strict_float: bool) -> np.ndarray:
     if dt == np.bool_:
         return arr.astype(np.uint8) * np.uint8(255)
     if dt == np.uint16:
-        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        # round(x / 257), exactly (no x / 257 falls on .5), without the 16 bytes per value of a uint32 copy.
+        return cv2.convertScaleAbs(arr, alpha=1 / 257).reshape(arr.shape)
     if dt.kind == "f":
         if strict_float:
             if not np.isfinite(arr).all():
@@ -396,12 +502,19 @@ def _normalise(arr: np.ndarray, *, max_pixels: int | None = None, strict_float: 
 # --------------------------------------------------------------------------- decoding
 
 
-def _shown(path: str | bytes) -> str:
-    """A printable form of a path (undecodable bytes shown as \\xNN escapes)."""
+MAX_SHOWN_CHARS = 200  # a path echoed in an error message is cut after this many characters
+
+
+def shown(path: str | bytes) -> str:
+    """A printable form of a path for messages: undecodable bytes as \\xNN escapes, cut when very long."""
     try:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
+        text = os.fsencode(path).decode("utf-8", "backslashreplace")
     except UnicodeError:  # a str holding lone surrogates that are not escaped bytes
-        return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+_shown = shown
 
 
 def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
@@ -421,7 +534,7 @@ def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
             if max_pixels is not None and st.st_size > _MAX_BYTES_PER_PIXEL * max_pixels + _SLACK_BYTES:
                 raise ImageDecodeError(
                     f"file is {st.st_size / 1e6:.0f} MB, too large for an image within the "
-                    f"{_megapixels(max_pixels)} MP limit; raise max_pixels to allow it"
+                    f"{_megapixels(max_pixels)} MP limit; raise --max-pixels (max_pixels in Python) to allow it"
                 )
             data += f.read()
     except FileNotFoundError:
@@ -440,12 +553,26 @@ def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
     return data
 
 
+def _metadata_decode_works() -> bool:
+    """Whether this OpenCV has imdecodeWithMetadata with the (buffer, flags) form (4.12 has another one)."""
+    if not hasattr(cv2, "imdecodeWithMetadata"):
+        return False
+    try:
+        probe = cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1]
+        return cv2.imdecodeWithMetadata(probe, cv2.IMREAD_UNCHANGED)[0] is not None
+    except (cv2.error, TypeError, ValueError):
+        return False
+
+
+_METADATA_DECODE = _metadata_decode_works()
+
+
 def _cv_decode(d: bytes, fmt: str | None) -> tuple[np.ndarray | None, int]:
     """OpenCV decode keeping depth, gray and alpha; returns (image or None, EXIF orientation)."""
     buf = np.frombuffer(d, dtype=np.uint8)
     exif: bytes | None = None
     try:
-        if hasattr(cv2, "imdecodeWithMetadata"):
+        if _METADATA_DECODE:
             img, types, blocks = cv2.imdecodeWithMetadata(buf, cv2.IMREAD_UNCHANGED)
             for kind, block in zip(types, blocks):
                 if kind == cv2.IMAGE_METADATA_EXIF:
@@ -456,6 +583,11 @@ def _cv_decode(d: bytes, fmt: str | None) -> tuple[np.ndarray | None, int]:
     except cv2.error as e:
         text = (getattr(e, "err", None) or str(e)).strip()
         reason = text.splitlines()[0] if text else "unknown OpenCV error"
+        if "CV_IO_MAX_IMAGE" in text:
+            reason = (
+                "the image is above OpenCV's own ceiling OPENCV_IO_MAX_IMAGE_PIXELS="
+                f"{os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS', '?')}; export a bigger value before starting to allow it"
+            )
         raise ImageDecodeError(f"could not decode {fmt or 'image'} data: {reason}") from None
     if img is None or img.size == 0:
         return None, 1
@@ -478,11 +610,15 @@ def _decode_bytes(d: bytes, max_pixels: int | None, what: str, hint: str = "") -
     if not d:
         raise ImageDecodeError(f"{what} is empty (0 bytes)")
     fmt = _sniff(d)
+    if fmt is None:
+        raise _undecodable(d, fmt, what, hint)
+    _check_format(fmt)
     size = image_size(d)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels)
-    check = _TRUNCATION_CHECKS.get(fmt or "")
+    check = _TRUNCATION_CHECKS.get(fmt)
     problem = check(d) if check else None
+    if size is None:  # nothing is decoded without a known pixel count
+        raise ImageDecodeError(problem or f"could not decode {fmt} data: its header holds no readable pixel size")
+    _check_pixels(size[0], size[1], max_pixels)
     if problem:
         raise ImageDecodeError(problem)
     img, orientation = _cv_decode(d, fmt)

@@ -66,8 +66,18 @@ _INFERNO_CSS = "#000004, #320a5e, #781c6d, #bb3754, #ed6925, #fbb61a, #fcffa4"
 # --------------------------------------------------------------------------- row writers
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutral(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``'`` before a formula character (CSV only)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_cells(row: dict[str, Any]) -> list[Any]:
-    """One row's CSV cells: None -> empty, booleans -> true/false, floats at full precision."""
+    """One row's CSV cells: None -> empty, booleans -> true/false, floats at full precision, text cells
+    that a spreadsheet would run as a formula prefixed with ``'``."""
     cells: list[Any] = []
     for key in ROW_FIELDS:
         value = row.get(key)
@@ -79,7 +89,9 @@ def _csv_cells(row: dict[str, Any]) -> list[Any]:
         elif kind is float:
             cells.append(repr(value))
         elif kind is list:  # reasons: one cell, sentences joined
-            cells.append(" ".join(map(str, value)))
+            cells.append(_neutral(" ".join(map(str, value))))
+        elif kind is str:
+            cells.append(_neutral(value))
         else:
             cells.append(value)
     return cells

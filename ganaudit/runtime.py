@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Set
 from typing import Any, Iterable, Sequence, Union
 
 import cv2
@@ -13,9 +14,10 @@ import onnxruntime as ort
 
 from . import domain, evidence, reasons
 from .errors import GanauditError, ImageDecodeError, ModelFormatError
-from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess
+from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess, shown
+from .models import resolve_model, shipped_models
 from .spec import METADATA_KEY, ModelSpec
-from .thresholds import apply_calibration, check_fpr, percentile, threshold_from_quantiles
+from .thresholds import apply_calibration, check_fpr, check_threshold, percentile, threshold_from_quantiles
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 ANOMALY, GENERATED = "anomaly", "generated"
@@ -87,12 +89,17 @@ def _read_model(model: str | os.PathLike | bytes) -> bytes:
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     path = Path(model)
-    if not path.is_file():
-        raise ModelFormatError(f"model file not found: {path}")
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # name too long, NUL byte, ...
+        is_file = False
+    if not is_file:
+        shipped = ", ".join(shipped_models()) or "none installed"
+        raise ModelFormatError(f"model file not found: {shown(str(path))} (shipped model names: {shipped})")
     try:
         return path.read_bytes()
     except OSError as e:
-        raise ModelFormatError(f"cannot read model file {path}: {e.strerror or e}") from None
+        raise ModelFormatError(f"cannot read model file {shown(str(path))}: {e.strerror or e}") from None
 
 
 def read_spec(session: ort.InferenceSession, origin: str) -> ModelSpec:
@@ -184,7 +191,14 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         domain_gate: bool = True,
     ) -> "Detector":
-        """Load a detector from an ``.onnx`` path or its bytes. Raises ModelFormatError on a bad file."""
+        """Load a detector from an ``.onnx`` path, a shipped model's name (e.g. ``"digits"``) or the file's bytes.
+        Raises ModelFormatError on a bad file, TypeError for another kind of argument."""
+        if isinstance(model, str) or (isinstance(model, os.PathLike) and not isinstance(model, bytes)):
+            model = resolve_model(model)  # a shipped name unless a file of that name exists
+        elif not isinstance(model, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"Detector.load takes a path, a shipped model's name or the model's bytes, not {type(model).__name__}"
+            )
         origin = "model bytes" if isinstance(model, (bytes, bytearray, memoryview)) else os.fsdecode(model)
         data = _read_model(model)
         opts = ort.SessionOptions()
@@ -244,9 +258,9 @@ class Detector:
             if GENERATED in spec.quantiles and self.has_generated_head:
                 generated = threshold_from_quantiles(spec.quantiles[GENERATED], fpr)
         if anomaly_threshold is not None:
-            anomaly = float(anomaly_threshold)
+            anomaly = check_threshold("anomaly_threshold", anomaly_threshold)
         if generated_threshold is not None:
-            generated = float(generated_threshold)
+            generated = check_threshold("generated_threshold", generated_threshold)
         return Thresholds(anomaly, generated)
 
     # --- pipeline pieces ---------------------------------------------------------
@@ -367,6 +381,11 @@ class Detector:
         that cannot be decoded gives a Verdict with ``status="error"``; it never raises.
         """
         single = isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray))
+        if not single and (isinstance(x, (Mapping, Set)) or not isinstance(x, Iterable)):
+            raise TypeError(
+                f"detect takes an image (a path, encoded bytes or a numpy array) or a list of them, not "
+                f"{type(x).__name__}" + (" (pass list(d.values()) for a dict's images)" if isinstance(x, Mapping) else "")
+            )
         sources = [x] if single else list(x)  # type: ignore[arg-type]
         thr = self.resolve_thresholds(
             fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold,

@@ -234,7 +234,7 @@ class _Tally:
     def __init__(self, top_k: int, max_errors: int = MAX_REPORTED_ERRORS) -> None:
         self.counts = dict.fromkeys(
             ("candidates", "ok", "error", "flagged", "anomaly_flagged", "generated_flagged", "out_of_domain", "resumed",
-             "scored"),
+             "processed"),
             0,
         )
         self.anomaly = array("d")
@@ -251,7 +251,7 @@ class _Tally:
     def add(self, row: dict[str, Any], real_path: str, resumed: bool) -> None:
         c = self.counts
         c["candidates"] += 1
-        c["resumed" if resumed else "scored"] += 1
+        c["resumed" if resumed else "processed"] += 1
         self._seq += 1
         if row.get("status") != "ok":
             c["error"] += 1
@@ -627,11 +627,11 @@ def scan(
 
     def update_summary(complete: bool) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
-        summary["counts"] = {**tally.counts, "skipped": walk_stats.skipped_non_image}
+        summary["counts"] = {**tally.counts, "skipped": walk_stats.skipped_non_image, "duplicates": walk_stats.duplicates}
         summary["complete"] = complete
         summary["finished"] = _now() if complete else None
         summary["seconds"] = round(seconds, 3)
-        summary["images_per_second"] = round(tally.counts["scored"] / seconds, 2) if seconds > 0 else 0.0
+        summary["images_per_second"] = round(tally.counts["processed"] / seconds, 2) if seconds > 0 else 0.0
         return summary
 
     t0 = time.perf_counter()

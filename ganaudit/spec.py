@@ -110,6 +110,9 @@ class ModelSpec:
                 f"unsupported model format_version {version!r}; this ganaudit reads version {FORMAT_VERSION}. "
                 "Re-export the model with this ganaudit version, or upgrade ganaudit."
             )
+        from .spec_schema import validate_spec  # pydantic: imported when a model is read
+
+        validate_spec(d)
         try:
             spec = cls(
                 name=str(d["name"]),

@@ -5,6 +5,7 @@ Shared by export (which fits them) and the runtime (which applies them).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,15 @@ def check_fpr(fpr: float) -> float:
     if not 0 < fpr < 1:
         raise ConfigError(f"fpr must be between 0 and 1 (e.g. 0.01 for 1%), got {fpr}")
     return float(fpr)
+
+
+def check_threshold(name: str, value: float) -> float:
+    """A threshold given by a user: a finite number (``-inf`` would flag everything, ``nan`` nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    return float(value)
 
 
 def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:

@@ -27,6 +27,18 @@ HEADER = f"""# CLI reference
 Every command takes `--help`. Global options go before the command (`{PROG} -v serve`). Machine-readable
 output goes to stdout; progress bars, logs and warnings go to stderr. A ganaudit error (bad model file,
 bad option value) prints one `error: ...` line and exits with code 2; Ctrl-C exits with code 130.
+Progress bars are drawn only when stderr is a terminal (never `\\r` frames in a log); `-q` turns them and
+warnings off. No command prints a traceback. Exit codes, for every command:
+
+| code | meaning |
+| --- | --- |
+| 0 | done |
+| 1 | something was flagged (`scan --fail-on-flag`); no command uses 1 for anything else |
+| 2 | usage, configuration or model error (also a busy port or bad host for `serve`) |
+| 3 | some image could not be read (`scan --strict`) |
+| 4 | the operating system refused a read or write: disk full, permission denied, not a directory, ... (one line naming the file) |
+| 5 | internal error: a bug, please report it (`ganaudit -v ...` adds the traceback) |
+| 130 | interrupted (Ctrl-C) |
 """
 
 

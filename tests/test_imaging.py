@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import sys
+import textwrap
 import time
 import zlib
 
@@ -16,6 +18,7 @@ from PIL import Image
 
 from ganaudit.errors import ImageDecodeError
 from ganaudit.imaging import (
+    EXTRA_FORMATS_ENV,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     decode,
@@ -25,6 +28,8 @@ from ganaudit.imaging import (
     preprocess_batch,
 )
 from ganaudit.spec import PreprocessSpec
+
+from ._bombs import BOMBS
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
@@ -182,7 +187,10 @@ def test_every_exif_orientation_matches_opencv(orientation, fmt, mode):
 
 def test_exif_orientation_without_imdecode_with_metadata(monkeypatch):
     """Older OpenCV builds: the JPEG EXIF block is parsed by hand."""
+    import ganaudit.imaging
+
     monkeypatch.delattr(cv2, "imdecodeWithMetadata", raising=False)
+    monkeypatch.setattr(ganaudit.imaging, "_METADATA_DECODE", False)  # 4.12's other signature goes this way too
     out = decode(encode(red_blue(40, 20), "JPEG", exif=exif_with_orientation(8), quality=95))
     assert out.shape == (40, 20, 3)
     np.testing.assert_allclose(out[-3, 10], RED, atol=6)  # orientation 8 = 90 degrees counter-clockwise
@@ -344,7 +352,7 @@ def test_huge_png_header_fails_fast_without_allocating():
         decode(data)
     assert time.perf_counter() - start < 0.5
     assert str(err.value) == (
-        "image is 100000x100000 = 10000 MP, above the 64 MP limit; raise max_pixels to allow it"
+        "image is 100000x100000 = 10000 MP, above the 64 MP limit; raise --max-pixels (max_pixels in Python) to allow it"
     )
 
 
@@ -377,12 +385,75 @@ def test_limit_off_still_reports_the_real_problem():
         decode(png_header_only(100_000, 100_000), max_pixels=None)
 
 
-def test_max_pixels_checked_after_decode_when_header_is_unknown():
-    ok, buf = cv2.imencode(".ppm", np.zeros((30, 40, 3), np.uint8))  # a format image_size does not parse
-    assert image_size(buf.tobytes()) is None
+@pytest.fixture
+def no_opencv_decode(monkeypatch):
+    """Make any OpenCV decode fail the test: refusals must come before decoding."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("OpenCV was asked to decode")
+
+    monkeypatch.setattr(cv2, "imdecode", boom)
+    monkeypatch.setattr(cv2, "imdecodeWithMetadata", boom, raising=False)
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_formats_without_a_read_header_are_refused_before_decoding(name, no_opencv_decode, tmp_path):
+    data, fmt = BOMBS[name]
+    with pytest.raises(ImageDecodeError, match=f"^{fmt} images are not accepted"):
+        decode(data)
+    (tmp_path / "bomb.png").write_bytes(data)  # a misleading extension changes nothing
+    with pytest.raises(ImageDecodeError, match=f"^{fmt} images are not accepted"):
+        decode(tmp_path / "bomb.png", max_pixels=None)
+
+
+@pytest.mark.parametrize("name", ["hdr", "jpeg2000", "pgm", "pfm", "pam"])
+def test_opt_in_formats_keep_the_header_pixel_check(name, monkeypatch, no_opencv_decode):
+    monkeypatch.setenv(EXTRA_FORMATS_ENV, "all")
+    data, _ = BOMBS[name]
+    with pytest.raises(ImageDecodeError, match="MP limit"):
+        decode(data)
+
+
+def test_opt_in_format_decodes_and_names_only_its_own_format(monkeypatch):
+    ok, buf = cv2.imencode(".ppm", np.zeros((30, 40, 3), np.uint8))
+    assert image_size(buf.tobytes()) == (40, 30)
+    with pytest.raises(ImageDecodeError, match="PNM images are not accepted.*GANAUDIT_EXTRA_FORMATS=PNM"):
+        decode(buf.tobytes())
+    monkeypatch.setenv(EXTRA_FORMATS_ENV, "hdr, pnm")
     assert decode(buf.tobytes()).shape == (30, 40, 3)
     with pytest.raises(ImageDecodeError, match="40x30"):
         decode(buf.tobytes(), max_pixels=1000)
+    monkeypatch.setenv(EXTRA_FORMATS_ENV, "HDR")
+    with pytest.raises(ImageDecodeError, match="PNM images are not accepted"):
+        decode(buf.tobytes())
+
+
+def test_opencv_pixel_ceiling_is_a_second_wall(tmp_path):
+    """ganaudit sets OPENCV_IO_MAX_IMAGE_PIXELS before cv2 loads; an image past it fails with a clear line."""
+    code = textwrap.dedent(
+        """
+        import os, numpy as np
+        import ganaudit.imaging as im
+        print(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
+        os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS")
+        import cv2
+        data = cv2.imencode(".png", np.zeros((40, 40), np.uint8))[1].tobytes()
+        try:
+            im.decode(data, max_pixels=None)
+        except im.ImageDecodeError as e:
+            print(e)
+        """
+    )
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1000"  # the user's value wins
+    assert "OpenCV's own ceiling OPENCV_IO_MAX_IMAGE_PIXELS" in lines[1]
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS")
+    out = subprocess.run([sys.executable, "-c", "import ganaudit, os; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == "64000000"
 
 
 def test_bad_files_do_not_spam_stderr(capfd):

@@ -117,7 +117,7 @@ def summary(gen: bool) -> dict:
                        "how": {"anomaly": "model default: FPR 0.01 on 500 normal validation images",
                                "generated": "model default" if gen else "n/a"}},
         "counts": {"candidates": 1003, "ok": 1000, "error": 3, "flagged": 3, "anomaly_flagged": 2,
-                   "generated_flagged": 2 if gen else 0, "skipped": 4, "resumed": 0, "scored": 1003},
+                   "generated_flagged": 2 if gen else 0, "skipped": 4, "resumed": 0, "processed": 1003},
     }  # fmt: skip
 
 

@@ -339,12 +339,14 @@ def test_api_key_required_when_configured_and_compared_for_both_headers(detector
         metrics_open = client.get("/metrics", headers={"X-API-Key": key})
         infer_closed = client.post("/v2/models/tiny-zeros/infer", json={"inputs": []})
         meta_closed = client.get("/v2/models/tiny-zeros")
+        # Per-model readiness would confirm or reveal the served model's name: closed too (issue 13).
+        ready_closed = [client.get(f"/v2/models/{n}/ready") for n in ("tiny-zeros", "zzz")]
         # Health, readiness, server metadata and the API docs stay open for probes and browsers.
-        open_paths = ["/v2/health/live", "/v2/health/ready", "/v2/models/tiny-zeros/ready", "/v2", "/openapi.json", "/docs"]
+        open_paths = ["/v2/health/live", "/v2/health/ready", "/v2", "/openapi.json", "/docs"]
         opened = {p: client.get(p).status_code for p in open_paths}
         schema = client.get("/openapi.json").json()
-    for r in (missing, wrong, wrong_x, metrics_closed, infer_closed, meta_closed):
-        assert r.status_code == 401
+    for r in (missing, wrong, wrong_x, metrics_closed, infer_closed, meta_closed, *ready_closed):
+        assert r.status_code == 401 and "tiny-zeros" not in r.text
         assert r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
     assert bearer.status_code == 200 and xkey.status_code == 200

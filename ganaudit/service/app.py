@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Awaitable, Callable, Optional
 
 import cv2
 import numpy as np
@@ -40,26 +40,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, evidence
 from ..errors import ConfigError, GanauditError
 from ..grid import encode_png
+from ..imaging import check_header
 from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
 from . import binary
 from . import schemas as S
+from .admission import SMALL_PIXELS, ClientGone, PixelBudget, run_admitted
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .docs_assets import ASSETS_PATH, add_docs_routes
 from .limits import ApiKeyAuth, BodySizeLimit, RequestMetrics, RequestTimeout, error_body
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("ganaudit.service")
 
-# Paths that stay open when an API key is configured: health probes and the API description.
+# Paths that stay open when an API key is configured: health probes and the API description. None of them
+# names the served model (the per-model routes, readiness included, would confirm or reveal it).
 OPEN_PATHS = frozenset({"/v2", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-_MODEL_READY = re.compile(r"^/v2/models/[^/]+/ready$")
 PLATFORM = "onnxruntime_onnx"
 INPUT_NAME = "image"
 
 
 def is_open_path(path: str) -> bool:
-    """True for paths served without an API key (health, readiness, OpenAPI docs)."""
-    return path in OPEN_PATHS or _MODEL_READY.match(path) is not None
+    """True for paths served without an API key (health, server readiness, OpenAPI docs)."""
+    return path in OPEN_PATHS or path.startswith(ASSETS_PATH + "/")
 
 
 @dataclass
@@ -76,8 +79,12 @@ class ServiceSettings:
     max_files: int = 1000
     warmup: bool = True
     drain_timeout_s: float = 10.0
+    # Service default: 16 MP (e.g. 4000x4000), a quarter of scan's; a 16-bit RGBA image this size is 128 MB decoded.
+    max_pixels: int = 16_000_000
+    decode_budget_pixels: int = 0  # 0 = 2 x max_pixels: most pixels of big images decoding at once
 
     def __post_init__(self) -> None:
+        self.decode_budget_pixels = self.decode_budget_pixels or 2 * self.max_pixels
         checks = [
             (self.max_upload_mb > 0, f"--max-upload-mb must be > 0, got {self.max_upload_mb}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be >= 1, got {self.max_batch_size}"),
@@ -86,6 +93,8 @@ class ServiceSettings:
             (self.timeout_s > 0, f"--timeout-s must be > 0, got {self.timeout_s}"),
             (self.api_key is None or self.api_key != "", "the API key must not be empty"),
             (self.max_files >= 1, f"max_files must be >= 1, got {self.max_files}"),
+            (self.max_pixels >= 1, f"--max-pixels must be >= 1, got {self.max_pixels}"),
+            (self.decode_budget_pixels >= 1, f"--decode-budget-pixels must be >= 1, got {self.decode_budget_pixels}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -172,6 +181,9 @@ class Service:
             max_queue=settings.max_queue, metrics=self.metrics,
         )  # fmt: skip
         self.decode_pool: ThreadPoolExecutor | None = None
+        # Images above admission.SMALL_PIXELS: their own pool, admitted by pixel budget (a memory ceiling).
+        self.large_pool: ThreadPoolExecutor | None = None
+        self.budget = PixelBudget(settings.decode_budget_pixels)
         self.ready = False
         self._warmup_task: asyncio.Task | None = None
         # ModelSpec.spec_hash re-serialises the whole spec on every access: read it once.
@@ -182,6 +194,7 @@ class Service:
     async def start(self) -> None:
         threads = self.settings.decode_threads or min(4, os.cpu_count() or 1)
         self.decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ganaudit-decode")
+        self.large_pool = ThreadPoolExecutor(max_workers=max(1, threads // 2), thread_name_prefix="ganaudit-decode-big")
         await self.batcher.start()
         if self.settings.warmup:
             self._warmup_task = asyncio.get_running_loop().create_task(self._warm_up(), name="ganaudit-warmup")
@@ -219,13 +232,40 @@ class Service:
         if self.decode_pool is not None:
             self.decode_pool.shutdown(wait=False, cancel_futures=True)
             self.decode_pool = None
+        if self.large_pool is not None:
+            self.large_pool.shutdown(wait=False, cancel_futures=True)
+            self.large_pool = None
 
     # -------------------------------------------------------------- scoring
-    async def _run_decode(self, blobs: list[bytes]) -> list[Prepared | Exception]:
-        if self.decode_pool is None:
+    async def _run_decode(
+        self, blobs: list[bytes], gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[Prepared | Exception]:
+        """Small images in one pool call; big ones one by one, each admitted by the pixel budget (dropped
+        unstarted when the request is cancelled or ``gone()`` says the client left)."""
+        if self.decode_pool is None or self.large_pool is None:
             raise ServiceError(503, "not_ready", "the service is not running", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decode_pool, _prepare_all, self.detector, blobs)
+        out: list[Prepared | Exception | None] = [None] * len(blobs)
+        pixels: list[int | None] = []
+        for i, blob in enumerate(blobs):
+            try:
+                pixels.append(check_header(blob, self.settings.max_pixels))
+            except GanauditError as e:  # refused from the header (format or --max-pixels): nothing decoded
+                out[i] = e
+                pixels.append(None)
+        small = [i for i, px in enumerate(pixels) if px is not None and px <= SMALL_PIXELS]
+        if small:
+            done = await loop.run_in_executor(self.decode_pool, _prepare_all, self.detector, [blobs[i] for i in small])
+            for i, item in zip(small, done):
+                out[i] = item
+        for i, px in enumerate(pixels):
+            if px is None or px <= SMALL_PIXELS:
+                continue
+            try:
+                out[i] = (await run_admitted(self.budget, self.large_pool, px, gone, _prepare_all, self.detector, [blobs[i]]))[0]
+            except ClientGone:
+                raise ServiceError(499, "client_closed_request", "the client disconnected; its work was dropped") from None
+        return out  # type: ignore[return-value]
 
     def check_capacity(self, n: int) -> None:
         if n > self.settings.max_queue:
@@ -235,9 +275,11 @@ class Service:
                 f"{self.settings.max_queue}); split it into smaller requests",
             )  # fmt: skip
 
-    async def decode(self, blobs: list[bytes]) -> list[Prepared | Exception]:
+    async def decode(
+        self, blobs: list[bytes], gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> list[Prepared | Exception]:
         t0 = time.perf_counter()
-        out = await self._run_decode(blobs)
+        out = await self._run_decode(blobs, gone)
         self.metrics.latency.observe(time.perf_counter() - t0, phase="decode")
         return out
 
@@ -304,6 +346,7 @@ _DETECT_BODY = {
                     "properties": {
                         "files": {
                             "type": "array",
+                            "minItems": 1,  # a body without a files part is answered 422: the schema says so too
                             "items": {"type": "string", "format": "binary"},
                             "description": "Image files (PNG, JPEG, BMP, WEBP, TIFF, GIF).",
                         }
@@ -395,8 +438,11 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
                "health, readiness and docs routes." if settings.api_key else "")
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from docs_assets: served from installed files, not a CDN
+        redoc_url=None,
     )  # fmt: skip
     app.state.service = service
+    add_docs_routes(app, app.title)
 
     # ---------------------------------------------------------------- errors
     @app.exception_handler(ServiceError)
@@ -425,6 +471,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         tags=["detect"],
         summary="Score one or more images",
         responses={
+            400: S.ERR_400_DETECT,
             401: S.ERR_401, 413: S.ERR_413, 415: S.ERR_415, 422: S.ERR_422_DETECT, 503: S.ERR_503, 504: S.ERR_504,
         },  # fmt: skip
         openapi_extra=_DETECT_BODY,
@@ -448,10 +495,10 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         if media == "multipart/form-data":
             names, blobs = await _read_multipart(request, settings.max_files)
             service.check_capacity(len(blobs))
-            prepared = await service.decode(blobs)
+            prepared = await service.decode(blobs, request.is_disconnected)
         elif media.startswith("image/"):
             names = [_disposition_filename(request.headers.get("content-disposition"))]
-            prepared = await service.decode([await request.body()])
+            prepared = await service.decode([await request.body()], request.is_disconnected)
             if isinstance(prepared[0], Exception):
                 service.metrics.count_verdicts([error_verdict(None, prepared[0])])
                 raise ServiceError(422, "undecodable_image", str(prepared[0]))
@@ -512,7 +559,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         response_model=S.ModelReadyResponse,
         tags=["kserve-v2"],
         summary="Model readiness",
-        responses={404: S.ERR_404_MODEL, 503: {"model": S.ModelReadyResponse, "description": "Not ready yet.",
+        responses={401: S.ERR_401, 404: S.ERR_404_MODEL, 503: {"model": S.ModelReadyResponse, "description": "Not ready yet.",
                    "content": {"application/json": {"example": {"name": "tiny-zeros", "ready": False}}}}},
     )  # fmt: skip
     async def model_ready(name: str) -> Response:
@@ -592,7 +639,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
             except (binascii.Error, ValueError):
                 raise ServiceError(400, "invalid_request", f"input {inp.name!r} element {i}: not valid base64") from None
         service.check_capacity(len(blobs))
-        prepared = await service.decode(blobs)
+        prepared = await service.decode(blobs, request.is_disconnected)
         for i, p in enumerate(prepared):
             if isinstance(p, Exception):
                 service.metrics.count_verdicts([error_verdict(None, e) for e in prepared if isinstance(e, Exception)])

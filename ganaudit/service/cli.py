@@ -5,8 +5,10 @@ FastAPI and uvicorn are imported inside the command, so the rest of the CLI work
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from typing import Annotated, Optional
 
 import typer
@@ -28,6 +30,27 @@ def uvicorn_log_config(access_log: bool) -> dict:
             "ganaudit": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         },
     }
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port``; a busy port or a bad host is a ConfigError (exit 2)."""
+    from ..errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} is not an address or name this machine can bind: {e}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: no wait after a restart
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use: stop the other server or pick another --port") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def register(app: typer.Typer) -> None:
@@ -54,6 +77,17 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Most images waiting for a batch; beyond it requests get 503 with Retry-After.")
         ] = 256,
         timeout_s: Annotated[float, typer.Option(help="Requests slower than this many seconds get 504.")] = 30.0,
+        max_pixels: Annotated[
+            int,
+            typer.Option(help="Refuse images with more pixels than this (read from the header, before decoding)."),
+        ] = 16_000_000,
+        decode_budget_pixels: Annotated[
+            int,
+            typer.Option(
+                help="Most pixels of images above 1 MP decoding at once, across requests (0: twice --max-pixels); "
+                "bounds the memory decoding takes."
+            ),
+        ] = 0,
         api_key_env: Annotated[
             Optional[str],
             typer.Option(
@@ -83,17 +117,27 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set or empty")
         settings = ServiceSettings(
             max_upload_mb=max_upload_mb, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-            max_queue=max_queue, timeout_s=timeout_s, api_key=api_key,
+            max_queue=max_queue, timeout_s=timeout_s, api_key=api_key, max_pixels=max_pixels,
+            decode_budget_pixels=decode_budget_pixels,
         )  # fmt: skip
-        detector = Detector.load(resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate)
+        detector = Detector.load(
+            resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate, max_pixels=max_pixels
+        )
         application = create_app(detector, settings)
         access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
+        sock = bind_socket(host, port)  # before saying anything: a busy port is an error, not a served model
+        port = sock.getsockname()[1]  # --port 0: the port the system picked
         typer.echo(
             f"serving model {detector.name!r} (spec {detector.spec_hash}) on http://{host}:{port} "
             f"(auth {'on' if api_key else 'off'}; docs at /docs)",
             err=True,
         )
-        uvicorn.run(
+        config = uvicorn.Config(
             application, host=host, port=port, log_config=uvicorn_log_config(access_log), access_log=access_log,
             timeout_graceful_shutdown=int(max(1, timeout_s)), server_header=False,
         )  # fmt: skip
+        with sock:
+            try:
+                uvicorn.Server(config).run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, after a graceful shutdown
+                pass

@@ -52,6 +52,7 @@ ERR_422_DETECT = _err(
     "A raw image/* body that cannot be decoded, a multipart body without 'files' parts, or a bad query parameter.",
     "undecodable_image", "data is not a recognised image (starts with b'hello')",
 )  # fmt: skip
+ERR_400_DETECT = _err("A multipart body that is not valid multipart.", "invalid_request", "Invalid multipart data.")
 ERR_400_INFER = _err(
     "Malformed inference request (bad JSON, tensor shape or datatype, base64, or an undecodable image).",
     "invalid_request", "input 'image' element 1: could not decode PNG data: the file is corrupt or uses a variant OpenCV cannot read",

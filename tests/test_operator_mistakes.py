@@ -1,0 +1,199 @@
+"""Issue 13: finite thresholds (6), shipped names everywhere (8), Python API types (9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from ganaudit.errors import ConfigError, ModelFormatError
+from ganaudit.models import shipped_models
+from ganaudit.runtime import Detector
+
+from .conftest import run_cli
+
+needs_digits = pytest.mark.skipif("digits" not in shipped_models(), reason="the shipped digits model is not installed")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("few")
+    for i in range(3):
+        cv2.imwrite(str(root / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
+    return root
+
+
+@pytest.mark.parametrize("value", ["-inf", "inf", "nan", "1e400", "-1e400"])
+def test_scan_refuses_non_finite_thresholds(folder, tiny_model, tmp_path, value):
+    res = run_cli("scan", folder, "--model", tiny_model, "--out", tmp_path / "r", f"--anomaly-threshold={value}")
+    assert res.exit_code == 2 and "anomaly_threshold must be a finite number" in res.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_python_api_refuses_non_finite_and_non_number_thresholds(tiny_model):
+    det = Detector.load(tiny_model)
+    for bad in (float("-inf"), float("nan")):
+        with pytest.raises(ConfigError, match="finite"):
+            det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=bad)
+        with pytest.raises(ConfigError, match="finite"):
+            Detector.load(tiny_model, generated_threshold=bad)
+    with pytest.raises(ConfigError, match="must be a number, got str"):
+        det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold="3")
+    assert det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=1e30).anomaly_flag is False
+
+
+@needs_digits
+def test_shipped_names_work_for_info_load_and_python_m(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file named "digits" here
+    res = run_cli("info", "digits", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["name"]
+    assert Detector.load("digits").spec_hash == Detector.load(shipped_models()["digits"]).spec_hash
+    out = subprocess.run([sys.executable, "-m", "ganaudit", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("ganaudit ")
+
+
+def test_unknown_model_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFormatError, match="model file not found: nope.*shipped model names"):
+        Detector.load("nope")
+    res = run_cli("info", "nope")
+    assert res.exit_code == 2 and "shipped model names" in res.stderr
+
+
+def test_python_api_type_errors_name_what_is_accepted(tiny_model):
+    det = Detector.load(tiny_model)
+    for bad in (None, 3, {"a.png": b"x"}, {"a.png"}):
+        with pytest.raises(TypeError, match="path, encoded bytes or a numpy array"):
+            det.detect(bad)
+    with pytest.raises(TypeError, match="path, a shipped model's name or the model's bytes"):
+        Detector.load(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cannot decode a NoneType"):
+        det.detect([None])
+
+
+def test_long_values_are_cut_in_messages(tiny_model):
+    det = Detector.load(tiny_model)
+    v = det.detect("x" * 1_000_000)
+    assert v.status == "error" and len(v.error) < 400 and "(1000000 characters)" in v.error
+    with pytest.raises(ModelFormatError) as e:
+        Detector.load("m" * 100_000)
+    assert len(str(e.value)) < 400
+
+
+FORMULAS = ["=cmd|' -C calc'!A0.png", "=HYPERLINK(x).png", "+1+1.png", "@SUM(1+1).png", "-2+3.png"]
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised_and_jsonl_stays_raw(tiny_model, tmp_path, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(tmp_path)
+    for name in FORMULAS:
+        cv2.imwrite(name, np.full((28, 28), 50, np.uint8))
+    res = run_cli("scan", "--model", tiny_model, "--out", "r", "--no-progress", "--", *FORMULAS)
+    assert res.exit_code == 0, res.stderr
+    with open("r/results.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["'" + n for n in FORMULAS]
+    assert all(not r["anomaly_score"].startswith("'") for r in rows)  # numbers, even negative, untouched
+    jsonl = [json.loads(line) for line in open("r/results.jsonl", encoding="utf-8")]
+    assert [r["path"] for r in jsonl] == FORMULAS
+
+
+def test_paths_are_reversible_to_their_bytes_and_never_collide(tiny_model, tmp_path):
+    from ganaudit.files import path_bytes
+
+    if sys.platform == "win32":
+        pytest.skip("POSIX file names")
+    root = os.fsencode(tmp_path / "imgs")
+    os.mkdir(root)
+    names = [b"bad\xffname.png", b"bad\\xffname.png", b"back\\\\slash.png", "caf\u00e9.png".encode()]
+    for name in names:
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(cv2.imencode(".png", np.full((28, 28), 50, np.uint8))[1].tobytes())
+    res = run_cli("scan", tmp_path / "imgs", "--model", tiny_model, "--out", tmp_path / "r", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    shown = [json.loads(line)["path"] for line in open(tmp_path / "r" / "results.jsonl", encoding="utf-8")]
+    assert len(set(shown)) == 4  # the real 0xFF byte and a literal "\xff" differ
+    assert sorted(path_bytes(p) for p in shown) == sorted(os.path.join(root, n) for n in names)
+
+
+def test_serve_binds_before_it_says_it_serves(tiny_model):
+    pytest.importorskip("uvicorn")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run_cli("serve", "--model", tiny_model, "--port", port)
+    assert res.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in res.stderr
+    assert "serving model" not in res.stderr + res.stdout
+    res = run_cli("serve", "--model", tiny_model, "--host", "no.such.host.invalid")
+    assert res.exit_code == 2 and "--host 'no.such.host.invalid'" in res.stderr and "serving" not in res.stderr
+
+
+def test_counts_agree_and_every_file_is_scanned_once(tiny_model, tmp_path):
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    png = cv2.imencode(".png", np.full((28, 28), 50, np.uint8))[1].tobytes()
+    for name in ("a.png", "..png", ".png", "sub/b.png"):
+        (root / name).write_bytes(png)
+    (root / "sub" / "bad.png").write_bytes(b"not an image")
+    os.symlink(root / "sub", root / "link-to-sub")
+    os.link(root / "a.png", root / "hard.png")
+    out = tmp_path / "r"
+    res = run_cli("scan", root, root / "sub", root / "a.png", root / "a.png", "--model", tiny_model, "--out", out,
+                  "--no-progress")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    rows = [json.loads(line) for line in open(out / "results.jsonl", encoding="utf-8")]
+    names = sorted(os.path.relpath(r["path"], root) for r in rows)
+    # Walk order is by name: the folder is first reached through link-to-sub, and not walked again as sub.
+    assert names == ["..png", ".png", "a.png", "link-to-sub/b.png", "link-to-sub/bad.png"]
+    c = json.loads((out / "summary.json").read_text())["counts"]
+    assert c["candidates"] == len(rows) == c["ok"] + c["error"] == c["processed"] == 5
+    assert (c["ok"], c["error"]) == (4, 1)
+    assert c["duplicates"] == 3  # hard.png and a.png given twice; folders already walked are not walked again
+    assert "4 scored" in res.stdout and "1 unreadable" in res.stdout and "3 duplicates scanned once" in res.stdout
+
+
+def _scan_stderr(folder, model, out, *flags: str, tty: bool) -> str:
+    import pty
+
+    cmd = [sys.executable, "-m", "ganaudit", *flags, "scan", str(folder), "--model", str(model), "--out", str(out)]
+    if not tty:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stderr
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    try:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=slave, timeout=120)
+    finally:
+        os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals")
+def test_progress_bar_only_on_a_terminal_and_q_silences_it(folder, tiny_model, tmp_path):
+    assert "scanning" in _scan_stderr(folder, tiny_model, tmp_path / "a", tty=True)
+    piped = _scan_stderr(folder, tiny_model, tmp_path / "b", tty=False)
+    assert "scanning" not in piped and "\r" not in piped
+    assert "scanning" not in _scan_stderr(folder, tiny_model, tmp_path / "c", "-q", tty=True)

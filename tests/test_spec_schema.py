@@ -1,0 +1,93 @@
+"""Issue 13 item 5: a model's spec is validated whole at load (ModelFormatError / exit 2, what is wrong)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from ganaudit.errors import ModelFormatError  # noqa: E402
+from ganaudit.runtime import Detector  # noqa: E402
+from ganaudit.spec import METADATA_KEY  # noqa: E402
+from ganaudit.spec_schema import json_schema  # noqa: E402
+
+from .conftest import run_cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edited(tiny_model: Path, path: Path, mutate) -> Path:
+    """A copy of the tiny model whose spec JSON was changed by ``mutate(dict)``, as a hand edit would."""
+    proto = onnx.load(str(tiny_model))
+    for p in proto.metadata_props:
+        if p.key == METADATA_KEY:
+            d = json.loads(p.value)
+            mutate(d)
+            p.value = json.dumps(d)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _set(path: str, value):
+    def mutate(d):
+        *parents, last = path.split(".")
+        for key in parents:
+            d = d[key]
+        d[last] = value
+
+    return mutate
+
+
+CASES = {
+    "thresholds-list": (_set("thresholds", []), "thresholds: Input should be a valid dictionary"),
+    "threshold-string": (_set("thresholds.anomaly.value", "8.3"), "thresholds.anomaly.value: Input should be a valid number"),
+    "threshold-nan": (_set("thresholds.anomaly.value", float("nan")), "thresholds.anomaly.value: must be a finite number"),
+    "quantiles-strings": (_set("quantiles.anomaly", ["1", "2"]), "quantiles.anomaly.0: Input should be a valid number"),
+    "quantiles-empty": (_set("quantiles.anomaly", []), "quantiles.anomaly: List should have at least 2 items"),
+    "quantiles-unsorted": (_set("quantiles.anomaly", [3.0, 1.0]), "quantiles must be sorted"),
+    "size": (_set("preprocess.size", 17), "preprocess.size: Input should be 16, 32, 64 or 128"),
+    "heads": (_set("heads", ["generated"]), "heads must include 'anomaly'"),
+    "fused-lengths": (_set("scoring.weight", [1.0]), "equally long"),
+    "name": (_set("name", 5), "name: Input should be a valid string"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hand_edited_specs_are_refused_whole_with_what_is_wrong(case, tiny_model, tmp_path):
+    mutate, message = CASES[case]
+    path = edited(tiny_model, tmp_path / f"{case}.onnx", mutate)
+    with pytest.raises(ModelFormatError, match=re.escape(message)):
+        Detector.load(path)
+    commands = [("info", path)]
+    if case in ("quantiles-empty", "thresholds-list"):  # passed `info` and crashed `scan` before
+        commands.append(("scan", tmp_path, "--model", path, "--out", tmp_path / "out"))
+    for args in commands:
+        res = run_cli(*args)
+        assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
+
+
+def test_several_problems_are_listed_together(tiny_model, tmp_path):
+    def mutate(d):
+        d["thresholds"] = []
+        d["quantiles"]["anomaly"] = []
+
+    path = edited(tiny_model, tmp_path / "two.onnx", mutate)
+    with pytest.raises(ModelFormatError) as e:
+        Detector.load(path)
+    assert "thresholds:" in str(e.value) and "quantiles.anomaly:" in str(e.value)
+
+
+def test_unknown_keys_are_kept_for_newer_files_of_the_same_version(tiny_model, tmp_path):
+    path = edited(tiny_model, tmp_path / "newer.onnx", _set("a_future_field", {"x": 1}))
+    assert Detector.load(path).name == "tiny-zeros"
+
+
+def test_the_published_schema_is_the_one_the_code_checks():
+    text = (ROOT / "docs" / "model-format.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- spec-schema -->\n```json\n(.*?)```", text, re.S)
+    assert block, "docs/model-format.md lacks the schema block"
+    assert json.loads(block.group(1)) == json_schema(), "regenerate it with `python -m ganaudit.spec_schema`"
