@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
-import click
 import typer
 
 from . import __version__
@@ -50,6 +50,22 @@ def os_error_line(e: OSError) -> str:
     return _cut(f"{what}: {' -> '.join(names)}" if names else what)
 
 
+def _click_flow() -> tuple[type[BaseException], ...]:
+    """Exceptions that carry click's own control flow (exit, abort, usage errors): passed through untouched.
+    Recent typer releases (0.29 here) vendor click as typer._click and no longer install click itself."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        kinds += [getattr(module, n) for n in ("Exit", "ClickException", "Abort") if hasattr(module, n)]
+    return tuple(kinds)
+
+
+_CLICK_FLOW = _click_flow()
+
+
 def friendly_errors(fn: F) -> F:
     """Turn ganaudit errors into a one-line message and exit code 2, OSError into exit 4, any other exception
     into exit 5 (the traceback only with -v), Ctrl-C into exit 130. Exit 1 stays for "flagged"."""
@@ -58,7 +74,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except _CLICK_FLOW:
             raise
         except GanauditError as e:
             raise fail(_cut(str(e))) from None

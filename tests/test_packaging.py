@@ -32,3 +32,30 @@ def test_sdist_carries_tests_docs_examples_and_model_cards(tmp_path):
                    "scripts/cli_reference.py", "mkdocs.yml"):  # fmt: skip
         assert needed in members, needed
     assert "License-Expression: Apache-2.0" in pkg_info
+
+
+def test_the_cli_needs_no_click_beyond_what_typer_brings():
+    """`pip install ganaudit` installs typer, which no longer brings click in recent releases: the CLI must not
+    import click itself (the README's first command once failed on a fresh machine with 'No module named click')."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'click' or name.startswith('click.'):\n"
+        "            raise ImportError('click blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import typer\n"
+        "except ImportError:\n"
+        "    sys.exit(3)  # this typer still needs click: nothing to check\n"
+        "from ganaudit.cli import main\n"
+        "sys.argv = ['ganaudit', 'scan', '--help']\n"
+        "main()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    if res.returncode == 3:
+        import pytest
+
+        pytest.skip("the installed typer depends on click")
+    assert res.returncode == 0, res.stderr
+    assert "Usage" in res.stdout
