@@ -55,7 +55,7 @@ class MinibatchStd(nn.Module):
                 self.running_std.lerp_(std.detach(), self.momentum)
         else:
             std = self.running_std
-        return torch.cat([x, std.expand(x.shape[0], 1, x.shape[2], x.shape[3])], dim=1)
+        return torch.cat([x, std.expand_as(x[:, :1])], dim=1)  # shape-free: exports with a dynamic batch
 
 
 class Generator(nn.Module):
@@ -140,11 +140,12 @@ class Discriminator(nn.Module):
             raise ValueError("this discriminator was built without the rotation task (rotation=False)")
         return self.rotation_head(features)
 
-    def with_rotations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One trunk pass over ``x`` and its three turned copies: (realness logit of ``x`` [N],
-        rotation logits [4N, 4] in :func:`rotate4` order)."""
+    def with_rotations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One trunk pass over ``x`` and its three turned copies: (realness logit of ``x`` [N], features of ``x``
+        [N, F], rotation logits [4N, 4] in :func:`rotate4` order)."""
         h = self.trunk(rotate4(x))
-        return self.judge(h.unflatten(0, (len(ROTATIONS), -1))[0]), self.rotation_logits(h.flatten(1))
+        upright = h.unflatten(0, (len(ROTATIONS), -1))[0]
+        return self.judge(upright), upright.flatten(1), self.rotation_logits(h.flatten(1))
 
     def without_spectral_norm(self, rotation: bool = True) -> "Discriminator":
         """An equivalent plain copy (eval mode) with the spectral-normalised weights folded in, for export.

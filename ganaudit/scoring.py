@@ -237,19 +237,23 @@ class ScoringModel(nn.Module):
         pad = self.kernel.shape[-1] // 2
         return F.conv2d(F.pad(up, (pad, pad, pad, pad), mode="replicate"), self.kernel)
 
-    def rotation_score(self, image: torch.Tensor) -> torch.Tensor:
-        """How badly D tells which way ``image`` and its turned copies are up: the summed cross-entropy of its
-        rotation predictions over the 4 rotations (GeoTrans-style); high for images unlike the training data."""
-        _, logits = self.D.with_rotations(image)
+    @staticmethod
+    def rotation_score(logits: torch.Tensor) -> torch.Tensor:
+        """How badly D tells which way images and their turned copies are up, from D's rotation ``logits``
+        [4N, 4] (Discriminator.with_rotations): the summed cross-entropy of its rotation predictions over the 4
+        rotations (GeoTrans-style); high for images unlike the training data."""
         k = len(ROTATIONS)
         log_p = F.log_softmax(logits.unflatten(0, (k, -1)), dim=-1)  # [rotation, image, predicted rotation]
         # Shape-free (exports with a dynamic batch): pick each rotation's own class with an identity mask.
-        return -(log_p * torch.eye(k, device=image.device)[:, None, :]).sum((0, 2))
+        return -(log_p * torch.eye(k, device=logits.device)[:, None, :]).sum((0, 2))
 
     def raw_components(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(every raw score component by name, the unscaled anomaly map) of ``image``."""
         rec = self.G(self.E(image))
-        logit, f_x = self.D(image)
+        if self.has_rotation:  # the upright image's trunk pass is the first quarter of the rotations' pass
+            logit, f_x, rotation_logits = self.D.with_rotations(image)
+        else:
+            logit, f_x = self.D(image)
         _, f_rec = self.D(rec)
         raw_map = self.patch_map(image)
         raw = {
@@ -261,7 +265,7 @@ class ScoringModel(nn.Module):
         }
         raw["izif_score"] = raw["pixel_residual"] + self.kappa * raw["feature_residual"]
         if self.has_rotation:
-            raw["rotation_score"] = self.rotation_score(image)
+            raw["rotation_score"] = self.rotation_score(rotation_logits)
         return raw, raw_map
 
     def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:

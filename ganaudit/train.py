@@ -326,7 +326,7 @@ class Trainer:
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
         if cfg.rotation:
-            real_logit, rot_logits = D.with_rotations(real_in)
+            real_logit, _, rot_logits = D.with_rotations(real_in)
         else:
             real_logit, _ = D(real_in)
         fake_logit, _ = D(instance_noise(fake, sigma))
@@ -347,7 +347,7 @@ class Trainer:
         D.requires_grad_(False)
         fake = instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
-            fake_logit, rot_logits = D.with_rotations(fake)
+            fake_logit, _, rot_logits = D.with_rotations(fake)
             rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
             loss = self.g_loss_fn(fake_logit) + self.cfg.rotation_g * rot_loss
         else:

@@ -77,11 +77,12 @@ def test_rotation_head_sees_one_trunk_pass_and_judges_only_the_upright_images():
     D.eval()
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        logit, rot = D.with_rotations(x)
-        torch.testing.assert_close(logit, D(x)[0])  # the realness logit of the upright images only
+        logit, features, rot = D.with_rotations(x)
+        torch.testing.assert_close(logit, D(x)[0])
+        torch.testing.assert_close(features, D(x)[1])  # the realness logit of the upright images only
         assert rot.shape == (16, 4)
         plain = D.without_spectral_norm()
-        torch.testing.assert_close(plain.with_rotations(x)[1], rot)
+        torch.testing.assert_close(plain.with_rotations(x)[2], rot)
         assert D.without_spectral_norm(rotation=False).rotation_head is None
     with pytest.raises(ValueError, match="rotation"):
         Discriminator(16, 1, width=8).rotation_logits(torch.zeros(1, 8 * 2 * 16))
