@@ -199,6 +199,16 @@ def scrape(port: int) -> dict:
     return out
 
 
+def stop_server(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop `ganaudit serve` gracefully (SIGINT); kill it if it has not exited after ``timeout`` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
     import urllib.error
     import urllib.request
@@ -269,12 +279,7 @@ def main() -> None:
                       f"p99 {res['p99_ms']} ms, statuses {res['status_counts']}", file=sys.stderr)  # fmt: skip
             server_metrics = scrape(port)
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc, timeout=30)
     after = inprocess(detector, images, args.max_batch_size, args.inproc_seconds)
     baseline = (before["images_per_s"] + after["images_per_s"]) / 2
     for r in runs:

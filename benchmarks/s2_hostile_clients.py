@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from p1c_service import build_request, free_port, read_response, wait_ready  # noqa: E402
+from p1c_service import build_request, free_port, read_response, stop_server, wait_ready  # noqa: E402
 
 
 def hostile_png(side: int, cache: Path) -> bytes:
@@ -168,11 +167,7 @@ def main() -> None:
         wait_ready(port, proc)
         result = asyncio.run(run_load(args, port, proc.pid))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, timeout=60)
     result = {"command": " ".join(cmd), "duration_s": args.duration, "hostile_clients": args.hostile,
               "hostile_files": args.hostile_files, "hostile_size": args.hostile_size, "normal_clients": args.normal,
               "cpus": os.cpu_count(), **result}  # fmt: skip
