@@ -87,7 +87,7 @@ def test_wheel_ships_the_models(tmp_path):
     assert shipped, "no shipped models to check"
     for name in shipped:
         assert f"ganaudit/models/{name}" in names
-    assert "ganaudit/cli_models.py" in names
+    assert "ganaudit/cli/models.py" in names
 
 
 def test_every_shipped_model_has_a_model_card_in_the_docs():

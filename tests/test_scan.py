@@ -586,7 +586,7 @@ def test_scan_runs_with_torch_unimportable(tree, tiny_model, tmp_path):
         f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import ganaudit.scan, ganaudit.report, ganaudit.cli_scan
+        import ganaudit.scan, ganaudit.report, ganaudit.cli.scan
         from ganaudit.runtime import Detector
         result = ganaudit.scan.scan(Detector.load({str(tiny_model)!r}), [{str(tree / "odd")!r}], {str(tmp_path / "o")!r})
         assert result.counts["ok"] == {len(GOOD) + 1}, result.counts

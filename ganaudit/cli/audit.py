@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-EXIT_TRIPPED = 1
+from .common import EXIT_FLAGGED, fail, friendly_errors
 
 audit_app = typer.Typer(
     name="audit",
@@ -26,7 +26,7 @@ def parse_fail_on(text: str, allowed: tuple[str, ...]) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in allowed]
     if unknown:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"--fail-on: unknown verdict {', '.join(unknown)}; choose from {', '.join(allowed)}")
     return names
@@ -89,11 +89,10 @@ def gan_cmd(
     Writes audit.json and audit.html to --out and prints a summary line. Exit codes: 0 done; 1 a verdict named in
     --fail-on tripped (or was explained by one that did); 2 usage, input or model error.
     """
-    from .audit.gan import summary_line
-    from .audit.gan_report import write_gan_report
-    from .audit.pipeline import run_gan_audit
-    from .audit.rules import VERDICTS, gate
-    from .cli import fail
+    from ..audit.gan import summary_line
+    from ..audit.gan_report import write_gan_report
+    from ..audit.pipeline import run_gan_audit
+    from ..audit.rules import VERDICTS, gate
 
     gates = parse_fail_on(fail_on, VERDICTS)
     if n < 2:
@@ -111,7 +110,7 @@ def gan_cmd(
     result = run.audit.result
     typer.echo(json.dumps(result, indent=2) if json_out else f"{summary_line(result)}; report in {paths['html']}")
     if gate(result["verdicts"], gates):
-        raise typer.Exit(EXIT_TRIPPED)
+        raise typer.Exit(EXIT_FLAGGED)
 
 
 def detector_cmd(
@@ -137,8 +136,8 @@ def detector_cmd(
     Writes audit.json and audit.html to --out and prints a summary line. Exit codes: 0 done; 2 usage, input or
     model error.
     """
-    from .audit.detector_report import write_detector_report
-    from .audit.detector_run import run_detector_audit, summary_line
+    from ..audit.detector_report import write_detector_report
+    from ..audit.detector_run import run_detector_audit, summary_line
 
     result = run_detector_audit(model, data, truth, group=group, seed=seed, progress=progress)
     paths = write_detector_report(out, result)
@@ -147,8 +146,6 @@ def detector_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add the audit sub-app to the CLI."""
-    from .cli import friendly_errors  # imported here: cli.py imports this module at its end
-
     audit_app.command("gan")(friendly_errors(gan_cmd))
     audit_app.command("detector")(friendly_errors(detector_cmd))
     app.add_typer(audit_app, name="audit")

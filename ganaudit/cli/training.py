@@ -1,137 +1,18 @@
-"""The ``ganaudit`` command line. Heavy imports (torch) happen inside the commands that need them."""
+"""Training commands: ``ganaudit train``, ``ganaudit sample``, ``ganaudit export``.
+
+torch is imported inside the commands, after ``require_training_extra`` has said how to install it.
+"""
 
 from __future__ import annotations
 
-import functools
-import importlib
-import logging
-import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .errors import GanauditError
-
-app = typer.Typer(
-    name="ganaudit",
-    help="Train GAN-based detectors on normal/real images, export them to ONNX, and flag anomalous or generated images.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-F = TypeVar("F", bound=Callable[..., Any])
-# Exit codes (docs/cli.md): 0 done; 1 flagged (scan --fail-on-flag, and nothing else); 2 usage, configuration or
-# model error; 3 unreadable images (scan --strict); 4 the operating system refused a read or write (disk full,
-# permission, not a directory); 5 internal error (a bug: please report it); 130 interrupted.
-EXIT_USAGE = 2
-EXIT_OS = 4
-EXIT_INTERNAL = 5
-MAX_SHOWN = 300  # characters of a value or message echoed in an error line
+from .common import EXIT_INTERRUPTED, fail, friendly_errors, progress_wanted, require_training_extra
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print a one-line error on stderr and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + f"... ({len(text)} characters)"
-
-
-def os_error_line(e: OSError) -> str:
-    """One line for an OSError: what the system said, and the file it said it about."""
-    what = e.strerror or str(e) or type(e).__name__
-    names = [os.fsdecode(x) for x in (e.filename, e.filename2) if x is not None]
-    return _cut(f"{what}: {' -> '.join(names)}" if names else what)
-
-
-def _click_flow() -> tuple[type[BaseException], ...]:
-    """Exceptions that carry click's own control flow (exit, abort, usage errors): passed through untouched.
-    Recent typer releases (0.29 here) vendor click as typer._click and no longer install click itself."""
-    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
-    for name in ("click.exceptions", "typer._click.exceptions"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        kinds += [getattr(module, n) for n in ("Exit", "ClickException", "Abort") if hasattr(module, n)]
-    return tuple(kinds)
-
-
-_CLICK_FLOW = _click_flow()
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn ganaudit errors into a one-line message and exit code 2, OSError into exit 4, any other exception
-    into exit 5 (the traceback only with -v), Ctrl-C into exit 130. Exit 1 stays for "flagged"."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except _CLICK_FLOW:
-            raise
-        except GanauditError as e:
-            raise fail(_cut(str(e))) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-        except OSError as e:
-            raise fail(os_error_line(e), EXIT_OS) from None
-        except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback with -v
-            logging.getLogger("ganaudit").info("internal error", exc_info=True)
-            raise fail(
-                _cut(f"internal error ({type(e).__name__}: {e}); please report it with the output of `ganaudit -v ...`"),
-                EXIT_INTERNAL,
-            ) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-_state = {"quiet": False}
-
-
-def progress_wanted(requested: bool) -> bool:
-    """Draw a progress bar only when asked for, not silenced by -q, and stderr is a terminal (a log file or a
-    pipe would fill with its \\r frames)."""
-    return requested and not _state["quiet"] and sys.stderr.isatty()
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"ganaudit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more detail to stderr.")] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars and no warnings on stderr; errors still show.")
-    ] = False,
-) -> None:
-    _state["quiet"] = quiet
-    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(level)
-
-
-def _require_training_extra() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise fail("this command needs the training extra: pip install torch==2.13.0 'ganaudit[train]'") from None
-
-
-@app.command()
-@friendly_errors
 def train(
     data: Annotated[
         str,
@@ -216,15 +97,15 @@ def train(
     ] = True,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
-    _require_training_extra()
+    require_training_extra()
     progress = progress_wanted(progress)
     from dataclasses import replace
 
-    from .datasets import load_dataset
-    from .errors import ConfigError
-    from .spec import check_size
-    from .train import TrainConfig, load_config, pick_device
-    from .train import train as run_training
+    from ..datasets import load_dataset
+    from ..errors import ConfigError
+    from ..spec import check_size
+    from ..train import TrainConfig, load_config, pick_device
+    from ..train import train as run_training
 
     check_size(size)
     if channels not in ("auto", "1", "3"):
@@ -260,9 +141,9 @@ def train(
             retrain_head=retrain_head,
         )  # fmt: skip
     except KeyboardInterrupt:
-        raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
+        raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", EXIT_INTERRUPTED)
     if audit:
-        from .audit.after_training import audit_run, report_dir, summary
+        from ..audit.after_training import audit_run, report_dir, summary
 
         headline = audit_run(out, progress=progress)
         if headline is not None:
@@ -270,8 +151,6 @@ def train(
     typer.echo(f"run complete: {out}")
 
 
-@app.command()
-@friendly_errors
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
@@ -279,10 +158,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed for the latent vectors.")] = 0,
 ) -> None:
     """Write a grid of images drawn from a run's (EMA) generator."""
-    _require_training_extra()
-    from .atomic import atomic_write
-    from .grid import encode_png, make_grid
-    from .train import sample as draw
+    require_training_extra()
+    from ..atomic import atomic_write
+    from ..grid import encode_png, make_grid
+    from ..train import sample as draw
 
     if n < 1:
         raise fail("-n must be at least 1")
@@ -290,8 +169,6 @@ def sample(
     typer.echo(str(output))
 
 
-@app.command("export")
-@friendly_errors
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished training run directory.")],
     output: Annotated[Path, typer.Option("--output", "--out", "-o", help="The .onnx file to write.")] = Path("detector.onnx"),
@@ -332,10 +209,10 @@ def export_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a run to one ONNX detector, verified against torch on the validation images."""
-    _require_training_extra()
+    require_training_extra()
     import json
 
-    from .export import export
+    from ..export import export
 
     report = export(
         run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score,
@@ -358,72 +235,8 @@ def export_cmd(
         typer.echo(f"int8 score drift vs fp32: {report.int8_drift}")
 
 
-@app.command()
-@friendly_errors
-def info(
-    model: Annotated[Path, typer.Argument(help="An exported .onnx detector.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the whole spec as JSON.")] = False,
-) -> None:
-    """Print a detector's spec: preprocessing, heads, thresholds and provenance."""
-    import json
-
-    from .runtime import Detector
-
-    det = Detector.load(model)
-    spec = det.spec
-    if json_out:
-        typer.echo(json.dumps({**json.loads(spec.to_json()), "spec_hash": spec.spec_hash}, indent=2))
-        return
-    p = spec.preprocess
-    prov = spec.provenance
-    lines = [
-        f"name:          {spec.name}",
-        f"spec hash:     {spec.spec_hash} (format version {spec.format_version})",
-        f"input:         {p.channels} x {p.size} x {p.size}, fit={p.fit}"
-        + (f"; generated head: {p.native_crops} native-scale crops per image" if "crops" in spec.inputs else ""),
-        f"heads:         {', '.join(spec.heads)}",
-        f"outputs:       {', '.join(spec.outputs)}",
-        f"anomaly score: {_describe_scoring(spec.scoring)}",
-    ]
-    for head, t in spec.thresholds.items():
-        lines.append(f"threshold:     {head} > {t.value:.6g} (FPR {t.fpr} on {t.n_val} normal validation images)")
-    data = prov.get("data", {})
-    lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
-    lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
-    if prov.get("audit"):
-        from .audit.after_training import summary
-
-        lines.append(f"audit:         {summary(prov['audit'])} ({prov['audit']['n_generated']} samples, after training)")
-    typer.echo("\n".join(lines))
-
-
-def _describe_scoring(scoring: dict) -> str:
-    method = scoring.get("method", "izif")
-    if method != "fused":
-        return f"{method} (f-AnoGAN's pixel + kappa x feature residual)"
-    if "layout" not in scoring:
-        return "fused (exported before layouts)"
-    shown = {"log": "log {}", "negate": "-{}"}
-    terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
-    weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
-    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + " + ".join(weighted)
-
-
-# Front ends live in their own modules and register their commands here.
-from .cli_scan import register as _register_scan  # noqa: E402
-from .service.cli import register as _register_serve  # noqa: E402
-from .cli_models import register as _register_models  # noqa: E402
-from .cli_audit import register as _register_audit  # noqa: E402
-
-_register_scan(app)
-_register_serve(app)
-_register_models(app)
-_register_audit(app)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    """Add train, sample and export to the CLI."""
+    app.command("train")(friendly_errors(train))
+    app.command("sample")(friendly_errors(sample))
+    app.command("export")(friendly_errors(export_cmd))

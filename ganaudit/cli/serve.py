@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .common import fail, friendly_errors
+
 
 def uvicorn_log_config(access_log: bool) -> dict:
     """uvicorn logging that writes everything to stderr (stdout stays free for machine-readable output)."""
@@ -55,8 +57,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def register(app: typer.Typer) -> None:
     """Add the serve command to the CLI."""
-    from ..cli import fail, friendly_errors
-
     @app.command()
     @friendly_errors
     def serve(
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         try:
             import uvicorn
 
-            from .app import ServiceSettings, create_app
+            from ..service.app import ServiceSettings, create_app
         except ImportError as e:
             raise fail(f"the serve command needs the serve extra ({e.name} is missing): pip install 'ganaudit[serve]'") from None
         from ..errors import ConfigError

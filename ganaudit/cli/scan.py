@@ -12,8 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-EXIT_FLAGGED = 1
-EXIT_UNREADABLE = 3
+from .common import EXIT_FLAGGED, EXIT_INTERRUPTED, EXIT_UNREADABLE, fail, friendly_errors, progress_wanted
+
 
 
 def _one_line(summary: dict[str, Any]) -> str:
@@ -105,10 +105,9 @@ def scan_cmd(
     3 some file unreadable (with --strict, checked first); 4 the report could not be written
     (disk full, permission, not a directory); 5 internal error.
     """
-    from .cli import fail, progress_wanted
-    from .models import resolve_model
-    from .runtime import Detector
-    from .scan import default_threads, default_workers, parse_formats, scan
+    from ..models import resolve_model
+    from ..runtime import Detector
+    from ..scan import default_threads, default_workers, parse_formats, scan
 
     if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
         raise fail("--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other")
@@ -146,7 +145,7 @@ def scan_cmd(
             resume=resume, top_k=top_k, model_path=model_path, on_progress=on_progress,
         )  # fmt: skip
     except KeyboardInterrupt:
-        raise fail(f"interrupted; partial results are in {out}. Continue with the same command plus --resume", 130)
+        raise fail(f"interrupted; partial results are in {out}. Continue with the same command plus --resume", EXIT_INTERRUPTED)
     finally:
         if bar is not None:
             bar.close()
@@ -161,6 +160,4 @@ def scan_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add the scan command to the CLI."""
-    from .cli import friendly_errors  # imported here: cli.py imports this module at its end
-
     app.command("scan")(friendly_errors(scan_cmd))
