@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ganaudit.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
@@ -31,7 +33,7 @@ def train_and_export(train_args: list[str], run: Path, model: Path, name: str) -
     MODEL, as a user runs them; nothing is done when MODEL exists. Returns MODEL and the seconds spent."""
     start = time.perf_counter()
     if not model.exists():
-        resume = ["--resume"] if (run / "checkpoints" / "last.pt").exists() else []
+        resume = ["--resume"] if RunDir(run).has_checkpoint() else []
         subprocess.run(["ganaudit", "train", *train_args, "--out", str(run), *resume], check=True)
         subprocess.run(["ganaudit", "export", str(run), "-o", str(model), "--name", name], check=True)
     return model, time.perf_counter() - start

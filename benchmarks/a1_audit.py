@@ -33,6 +33,7 @@ from ganaudit.audit.features import embed, extractor
 from ganaudit.audit.gan import Features, audit_features
 from ganaudit.audit.pipeline import class_indices
 from ganaudit.audit.sources import ImageSet, drop_shared, load_images, run_file, sample_run
+from ganaudit.rundir import VALIDATION, RunDir
 
 EXPECTED = {"healthy-gan": set(), "ideal": set(), "collapsed": {"collapse"}, "memorising": {"memorisation"},
             "imbalanced": {"imbalance"}, "underfit": {"underfit"}}  # fmt: skip
@@ -98,9 +99,9 @@ def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str])
 def run_sets(run: Path, n: int, n_ref: int, seed: int = 0) -> tuple[ImageSet, ImageSet, ImageSet]:
     """The run's samples, its training source (labelled; its validation images left out; ``n_ref`` of them drawn
     by seed) and its validation images: the sets `ganaudit audit gan RUN --reference SOURCE` uses."""
-    data = json.loads((run / "run.json").read_text())["data"]
+    data = RunDir(run).read_info()["data"]
     source = data["source"] + (f"?range={data['index_range']}" if data.get("index_range") else "")
-    hold = run_file(run, "validation.npy")
+    hold = run_file(run, VALIDATION)
     ref, _ = drop_shared(load_images(source, 32), hold)
     ref = subset(ref, np.sort(np.random.default_rng(seed).permutation(len(ref.images))[:n_ref]), source)
     return sample_run(run, n, seed), ref, hold

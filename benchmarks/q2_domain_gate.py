@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from ganaudit.rundir import RunDir
+
 from _common import MNIST, ROOT, resolve_model_or_exit
 from q2_generated import GENERATORS, sample_u8
 
@@ -139,7 +141,7 @@ def main() -> None:
 
     real = list(read_idx(MNIST)[8000 : 8000 + args.n_test])
     gens = [(n, args.work / "full" / "generators" / n) for n, _, _ in GENERATORS]
-    gens = [(n, p) for n, p in gens if (p / "checkpoints" / "last.pt").is_file()]
+    gens = [(n, p) for n, p in gens if RunDir(p).has_checkpoint()]
     if not gens:
         sys.exit(f"error: no Q2 test generators under {args.work}/full/generators (run benchmarks/q2_generated.py)")
     sets = {"real": real, **{n: sample_u8(p, args.n_test, seed=100) for n, p in gens}}

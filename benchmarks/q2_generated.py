@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from ganaudit.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
@@ -78,7 +80,7 @@ def train_generator(work: Path, name: str, opts: list[str], steps: int) -> Path:
     from ganaudit.train import load_checkpoint
 
     out = work / "generators" / name
-    ckpt = out / "checkpoints" / "last.pt"
+    ckpt = RunDir(out).checkpoint
     if ckpt.is_file() and load_checkpoint(out)["step"] >= steps:
         return out
     run(ganaudit("train", str(MNIST), "--index-range", "0:8000", "--out", str(out), "--steps", str(steps),
@@ -104,7 +106,7 @@ def train_detector(
                       width=width, head_spectral=spectral)  # fmt: skip
     timing: dict[str, float] = {}
     for phase, stop in (("gan", steps), ("encoder", steps + encoder_steps), ("head", cfg.total_steps)):
-        resume = (out / "checkpoints" / "last.pt").is_file()
+        resume = RunDir(out).has_checkpoint()
         t0 = time.perf_counter()
         train(cfg, data, out, resume=resume, stop_at=stop, progress=True)
         timing[phase] = time.perf_counter() - t0
@@ -133,7 +135,7 @@ def head_cost(work: Path, n: int) -> dict[str, float]:
         per_step = {}
         for phase, stop in (("gan", n), ("encoder", 2 * n), ("head", 3 * n)):
             t0 = time.perf_counter()
-            train(cfg, data, out, resume=(out / "checkpoints" / "last.pt").is_file(), stop_at=stop, progress=False)
+            train(cfg, data, out, resume=RunDir(out).has_checkpoint(), stop_at=stop, progress=False)
             per_step[phase] = (time.perf_counter() - t0) / n
         cached.write_text(json.dumps(per_step))
     default = TrainConfig(generated_head=True)

@@ -29,6 +29,7 @@ from q2_generated import PERTURBATIONS, metrics, sample_u8, scores
 import ganaudit.generated as generated
 from ganaudit.datasets import load_dataset, read_idx
 from ganaudit.export import export
+from ganaudit.rundir import SAMPLES, RunDir
 from ganaudit.runtime import Detector
 from ganaudit.train import load_config, train
 
@@ -38,7 +39,7 @@ N_DEV = 800
 def retrain(run: Path, out: Path, head_steps: int, data) -> Path:
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("samples"))
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns(SAMPLES))
     cfg = load_config(out)
     cfg.head_steps = head_steps
     train(cfg, data, out, retrain_head=True, progress=False)
@@ -65,7 +66,7 @@ def main() -> int:
     cfg = load_config(args.run)
     data = load_dataset(str(MNIST), size=cfg.size, index_range=args.index_range, native_crops=cfg.native_crops,
                         progress=False)  # fmt: skip
-    ids = json.loads((args.run / "run.json").read_text())["validation_ids"]
+    ids = RunDir(args.run).read_info()["validation_ids"]
     source = read_idx(MNIST)
     reals = [source[int(i.rsplit("[", 1)[1].rstrip("]"))] for i in ids][:N_DEV]  # ids hold source indices
     fakes = sample_u8(args.run, N_DEV, seed=4242)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ganaudit.rundir import AUX_POOL, SAMPLES, RunDir
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from q2_generated import metrics, scores  # noqa: E402
 from q2b_families import FAMILIES  # noqa: E402
@@ -46,7 +48,7 @@ def validation_images(run: Path, data: str) -> list[np.ndarray]:
     from ganaudit.datasets import read_idx
     from ganaudit.imaging import decode
 
-    ids = json.loads((run / "run.json").read_text())["validation_ids"]
+    ids = RunDir(run).read_info()["validation_ids"]
     if ids and ids[0].endswith("]"):
         source = read_idx(data)
         return [source[int(i.rsplit("[", 1)[1].rstrip("]"))] for i in ids]
@@ -57,8 +59,8 @@ def retrain(run: Path, fold: Path, data: str, index_range: str | None, head_step
             aux_steps: int) -> float:  # fmt: skip
     if fold.exists():
         shutil.rmtree(fold)
-    shutil.copytree(run, fold, ignore=shutil.ignore_patterns("samples", "aux_pool"))
-    (run / "aux_pool").mkdir(exist_ok=True)
+    shutil.copytree(run, fold, ignore=shutil.ignore_patterns(SAMPLES, AUX_POOL))
+    RunDir(run).aux_pool_dir.mkdir(exist_ok=True)
     (fold / "aux_pool").symlink_to((run / "aux_pool").resolve())  # auxiliary samples trained once, shared
     cmd = [sys.executable, "-m", "ganaudit.cli", "train", data, "--out", str(fold), "--retrain-head", "--no-progress",
            "--head-steps", str(head_steps), "--head-aux", aux, "--head-aux-steps", str(aux_steps), "--device", "cpu",
@@ -113,14 +115,13 @@ def main() -> None:
         for family in left_out:
             shutil.copyfile(model, args.work / f"{args.variant}-{family}.onnx")
     # development split: each fold's head against the auxiliary family it never saw
-    from ganaudit.aux_generators import AUX_DIR
 
     for family in families:
         model = args.work / f"{args.variant}-{family}.onnx"
         det = Detector.load(model, threads=1)
-        held = sorted((args.run / AUX_DIR).glob(f"{AUX_OF.get(family, family)}_*.npy"))
+        held = sorted(RunDir(args.run).aux_pool_dir.glob(f"{AUX_OF.get(family, family)}_*.npy"))
         if not held:
-            print(f"no cached auxiliary samples of {family} in {args.run / AUX_DIR}: dev split skipped", file=sys.stderr)
+            print(f"no cached auxiliary samples of {family} in {RunDir(args.run).aux_pool_dir}: dev split skipped", file=sys.stderr)
             continue
         fakes = np.load(held[0])
         fakes = list(fakes[np.random.default_rng(0).permutation(len(fakes))[:N_DEV]])

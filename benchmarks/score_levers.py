@@ -38,8 +38,9 @@ from sklearn.metrics import roc_auc_score
 from _common import MNIST
 from q3_textures import DEFECTS, make_test_set, paste_defect, split_regions, texture
 from ganaudit.datasets import read_idx
-from ganaudit.export import FUSION_WEIGHTS, fit_fusion, fusion_table, load_validation, scoring_model
+from ganaudit.export import FUSION_WEIGHTS, fit_fusion, fusion_table, scoring_model
 from ganaudit.imaging import preprocess_batch
+from ganaudit.rundir import RunDir
 from ganaudit.train import load_networks
 
 SPLIT = 8000
@@ -55,7 +56,7 @@ Q3_TEST_SEED = 1  # q3_textures.py's test set (its --seed 0, plus one)
 def z_scorer(run: Path):
     """(run config, its held-out validation images, images -> robust z-scores of the components)."""
     cfg, nets, _ = load_networks(run)
-    val = load_validation(run)
+    val = RunDir(run).load_validation()
     model = scoring_model(run, cfg, nets, head=None, val=val)  # with the run's banks, as export builds it
     fusion = fit_fusion(model, val, layout="aligned")  # export's centres and scales (its weights unused here)
 

@@ -31,9 +31,9 @@ from torch import nn
 from .atomic import atomic_write
 from .errors import ConfigError
 from .losses import LOSSES
+from .rundir import RunDir
 
 AUX_FAMILIES = ("nearest", "bilinear", "pixelshuffle", "transposed", "mlp", "autoencoder")
-AUX_DIR = "aux_pool"
 _LOSS = {"nearest": "ns", "bilinear": "hinge", "pixelshuffle": "ns", "transposed": "hinge", "mlp": "ns"}
 _Z = 32
 _WIDTH = 8
@@ -196,7 +196,7 @@ def aux_pool(
     each = -(-n // len(families)) if families else 0
     for family in families:
         # n per family (sampling is cheap next to training), so any subset of families reuses the cache
-        path = Path(run_dir) / AUX_DIR / f"{family}_steps{steps}_n{n}_seed{seed}.npy"
+        path = RunDir(run_dir).aux_pool_dir / f"{family}_steps{steps}_n{n}_seed{seed}.npy"
         if path.is_file():
             imgs = np.load(path)
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,8 @@ from .scoring import COMPONENTS, KNN_K, LAYOUT_NAMES, SCORE_METHODS, ScoringMode
 from .spec import METADATA_KEY, ModelSpec, PreprocessSpec, Threshold
 from .layout import STATIONARY_BELOW, alignment, is_stationary
 from .thresholds import apply_calibration, check_fpr, threshold_at_fpr
-from .train import AUDIT_JSON, MEMORY_BANK, load_networks
+from .rundir import RunDir
+from .train import load_networks
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def load_validation(run_dir: Path) -> np.ndarray:
-    path = run_dir / "validation.npy"
-    if not path.is_file():
-        raise ModelFormatError(f"{run_dir} has no validation.npy: it is not a complete ganaudit run directory")
-    val = np.load(path, allow_pickle=False).astype(np.float32)
-    if len(val) == 0:
-        raise ConfigError(f"{run_dir} has no held-out validation images: retrain with --val-fraction > 0")
-    return val
 
 
 def torch_outputs(
@@ -132,7 +122,7 @@ def check_parity(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) ->
 
 
 def provenance(run_dir: Path, cfg_dict: dict[str, Any], quantize: str) -> dict[str, Any]:
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    info = RunDir(run_dir).read_info()
     info.pop("validation_ids", None)
     return {
         **info,
@@ -141,14 +131,8 @@ def provenance(run_dir: Path, cfg_dict: dict[str, Any], quantize: str) -> dict[s
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export_ganaudit_version": __version__,
         "export_torch_version": torch.__version__,
-        "audit": run_audit_headline(run_dir),
+        "audit": RunDir(run_dir).audit_headline(),
     }
-
-
-def run_audit_headline(run_dir: Path) -> dict[str, Any] | None:
-    """The headline figures of the audit training ended with (RUN_DIR/audit/audit.json), if there is one."""
-    path = run_dir / AUDIT_JSON
-    return json.loads(path.read_text()).get("headline") if path.is_file() else None
 
 
 def with_spec(proto: onnx.ModelProto, spec: ModelSpec) -> bytes:
@@ -232,14 +216,14 @@ def export(
         if not allow_partial:
             raise ConfigError(f"{msg}: finish it with `ganaudit train ... --resume`, or pass --partial to export anyway")
         log.warning("%s: exporting it anyway", msg)
-    val = load_validation(run_dir)
+    val = RunDir(run_dir).load_validation()
     if len(val) < MIN_VALIDATION_WARN:
         log.warning("only %d validation images: the threshold at FPR %g is a rough estimate", len(val), fpr)
     head = nets.H if cfg.generated_head else None
     if cfg.generated_head and head is None:
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
-    images = train_images(run_dir)
+    images = RunDir(run_dir).load_memory_bank()
     model = scoring_model(run_dir, cfg, nets, head, images=images, val=val)
     if score == "fused":
         scoring = fit_fusion(model, val, layout, alignment(images))
@@ -285,29 +269,18 @@ def export(
     )  # fmt: skip
 
 
-def train_images(run_dir: Path) -> np.ndarray:
-    """The run's sample of training images (float32), from which export builds the memory and patch banks."""
-    path = run_dir / MEMORY_BANK
-    if not path.is_file():
-        raise ModelFormatError(
-            f"{run_dir} has no {MEMORY_BANK} (it was trained by an older ganaudit): add it by running the same "
-            "`ganaudit train DATA ... --out RUN --resume` once (no training is repeated), then export again"
-        )
-    return np.load(path, allow_pickle=False).astype(np.float32)
-
-
 def scoring_model(
     run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None, *,
     images: np.ndarray | None = None, val: np.ndarray | None = None,
 ) -> ScoringModel:  # fmt: skip
     """The scoring graph of a run (before fusion is fitted): its memory bank and patch bank of training images,
     and the map scale fitted on its validation images. ``images`` and ``val``, when the caller has already
-    loaded them, are the run's train_images and load_validation."""
+    loaded them, are the run's memory bank and validation images (RunDir.load_memory_bank, load_validation)."""
     model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
-    bank_images = torch.from_numpy(train_images(run_dir) if images is None else images)
+    bank_images = torch.from_numpy(RunDir(run_dir).load_memory_bank() if images is None else images)
     model.set_memory_bank(bank_images)
     model.set_patch_bank(bank_images, seed=cfg.seed)
-    normal = torch.from_numpy(load_validation(run_dir) if val is None else val)
+    normal = torch.from_numpy(RunDir(run_dir).load_validation() if val is None else val)
     with torch.no_grad():
         peaks = torch.cat([model.patch_map(normal[i : i + 256]).flatten(1).amax(1) for i in range(0, len(normal), 256)])
     model.set_map_scale(MAP_SCALE_FACTOR * max(float(peaks.median()), 1e-6))
@@ -380,10 +353,8 @@ def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies:
 
 def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
     """The validation images' native-scale crops as the graph's ``crops`` input [N, K, C, S, S]."""
-    path = run_dir / "validation_native.npy"
-    if not path.is_file():
-        raise ModelFormatError(f"{run_dir} has no validation_native.npy: retrain it with the generated head")
-    regions = np.load(path, allow_pickle=False)
+    run = RunDir(run_dir)
+    regions, path = run.load_validation_native(), run.validation_native
     if regions.shape[1] != pre.native_crops:
         raise ModelFormatError(
             f"{path} holds {regions.shape[1]} crops per image but the run is configured for {pre.native_crops}"
@@ -394,7 +365,7 @@ def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
 def held_out_fakes(run_dir: Path, cfg: Any, nets: Any, n: int) -> np.ndarray:
     """Generated images the head never trained on: fresh latents for every snapshot and the EMA generator,
     and reconstructions of the (held-out) validation images. uint8 NHWC."""
-    src = PoolSources(load_snapshots(run_dir, nets.G), nets.G_ema, nets.E, load_validation(run_dir))
+    src = PoolSources(load_snapshots(run_dir, nets.G), nets.G_ema, nets.E, RunDir(run_dir).load_validation())
     return fake_pool(src, n, cfg.seed + 1_000_003, torch.device("cpu"))
 
 

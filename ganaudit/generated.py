@@ -27,9 +27,9 @@ from torch import nn
 
 from .imaging import native_regions, regions_to_input
 from .nets import Discriminator, Encoder, Generator
+from .rundir import RunDir
 from .spec import PreprocessSpec
 
-SNAPSHOT_DIR = "snapshots"
 N_SNAPSHOTS = 6
 JPEG_QUALITY = (30, 100)
 BLUR_SIGMA = (0.0, 2.0)
@@ -166,10 +166,6 @@ def snapshot_every(gan_steps: int) -> int:
     return max(1, gan_steps // N_SNAPSHOTS)
 
 
-def snapshot_paths(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / SNAPSHOT_DIR).glob("G_*.pt"))
-
-
 @torch.no_grad()
 def _sample(G: Generator, n: int, gen: torch.Generator, device: torch.device, batch: int = 256) -> np.ndarray:
     G.eval()
@@ -220,7 +216,7 @@ def load_snapshots(run_dir: Path, like: Generator) -> list[Generator]:
     import copy
 
     out = []
-    for path in snapshot_paths(run_dir):
+    for path in RunDir(run_dir).snapshots():
         G = copy.deepcopy(like).cpu()
         G.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         out.append(G.eval())

@@ -1,17 +1,6 @@
 """GAN training, then izi_f encoder training (f-AnoGAN), then the generated-image head; checkpoints and resume.
 
-Run directory layout::
-
-    RUN_DIR/config.json          TrainConfig
-    RUN_DIR/run.json             data provenance (source, fingerprint, counts, versions)
-    RUN_DIR/validation.npy       held-out normal images, preprocessed (used by export)
-    RUN_DIR/validation_native.npy  their native-scale crops, uint8 [N, K, S, S, C] (generated head only)
-    RUN_DIR/memory_bank.npy      up to MEMORY_BANK_MAX training images, preprocessed, float16 (export's kNN score)
-    RUN_DIR/snapshots/G_*.pt     generator snapshots from the GAN phase (generated head only)
-    RUN_DIR/metrics.jsonl        one JSON line per logged step
-    RUN_DIR/samples/step_*.png   EMA-generator sample grids
-    RUN_DIR/checkpoints/last.pt  state_dicts + optimiser + RNG state (weights_only loadable)
-    RUN_DIR/audit/audit.json     the audit `ganaudit train` ends with (+ audit.html; ganaudit.audit.after_training)
+The run directory's files are named and read in :mod:`ganaudit.rundir`.
 """
 
 from __future__ import annotations
@@ -39,20 +28,17 @@ from .datasets import Dataset, split_validation
 from .errors import ConfigError, ModelFormatError
 from .grid import encode_png, make_grid
 from .generated import (
-    SNAPSHOT_DIR, GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
+    GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
 from .layout import alignment, is_stationary
 from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
 from .nets import Discriminator, Encoder, Generator, rotation_targets
+from .rundir import MEMORY_BANK, MEMORY_BANK_MAX, RunDir
 from .spec import PreprocessSpec, check_size
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoints/last.pt"
-MEMORY_BANK = "memory_bank.npy"
-MEMORY_BANK_MAX = 4096
-AUDIT_JSON = "audit/audit.json"
 # Generated-head steps per GAN step by default: 4x beat 0.2x, 0.6x, 1.2x and 2x on the Q2 development split
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
@@ -206,7 +192,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CHECKPOINT
+    path = RunDir(run_dir).checkpoint
     if not path.is_file():
         raise ModelFormatError(f"no checkpoint in {run_dir}: expected {path}. Train first, or drop --resume.")
     try:
@@ -216,10 +202,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ModelFormatError(f"{run_dir} is not a ganaudit run directory (no config.json)")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    return TrainConfig.from_dict(RunDir(run_dir).read_config())
 
 
 def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str, Any]]:
@@ -304,7 +287,7 @@ class Trainer:
         self.step = int(ckpt["step"])
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+        save_checkpoint(RunDir(self.run_dir).checkpoint, self.state())
 
     # --- steps -------------------------------------------------------------------
     def batch(self) -> torch.Tensor:
@@ -388,7 +371,7 @@ class Trainer:
         """Keep the generator of this moment: the head later trains on samples of every snapshot."""
         buf = io.BytesIO()
         torch.save(self.nets.G.state_dict(), buf)
-        atomic_write(self.run_dir / SNAPSHOT_DIR / f"G_{self.step:06d}.pt", buf.getvalue())
+        atomic_write(RunDir(self.run_dir).snapshot(self.step), buf.getvalue())
 
     def _head_ready(self) -> GeneratedHead:
         """Build the head from the trained D (first head step) and the fake pool (first step after any start)."""
@@ -435,7 +418,7 @@ class Trainer:
             grid = make_grid(G(self.fixed_z).cpu().numpy())
             fake = G(torch.randn(256, self.cfg.z_dim, generator=torch.Generator().manual_seed(7)).to(self.device))
             real = self.x[torch.randperm(len(self.x), generator=torch.Generator().manual_seed(7))[:256].to(self.device)]
-        atomic_write(self.run_dir / "samples" / f"step_{self.step:06d}.png", encode_png(grid))
+        atomic_write(RunDir(self.run_dir).sample_grid(self.step), encode_png(grid))
         ratio = feature_diversity(D, fake, real)
         D.train(was_training)
         if ratio < MODE_COLLAPSE_RATIO:
@@ -471,7 +454,7 @@ class Trainer:
         """
         from tqdm import tqdm
 
-        cfg, metrics_path = self.cfg, self.run_dir / "metrics.jsonl"
+        cfg, metrics_path = self.cfg, RunDir(self.run_dir).metrics
         for m in (self.nets.G, self.nets.D, self.nets.E):
             m.train()
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
@@ -531,21 +514,12 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, "".join(k + "\n" for k in kept))
 
 
-def write_memory_bank(run_dir: Path, train: Dataset, seed: int) -> None:
-    """Save a seeded sample of at most MEMORY_BANK_MAX training images: export turns them into the memory bank
-    of the kNN score (their D features)."""
-    n = len(train)
-    pick = np.sort(np.random.default_rng([seed, 11]).permutation(n)[:MEMORY_BANK_MAX])
-    buf = io.BytesIO()
-    np.save(buf, train.images[pick].astype(np.float16))
-    atomic_write(run_dir / MEMORY_BANK, buf.getvalue())
-
-
 def prepare_run(
     cfg: TrainConfig, data: Dataset, run_dir: Path, data_options: dict[str, Any]
 ) -> Dataset:
     """Create a fresh run directory: split off validation, write config and provenance. Returns the train part."""
-    if (run_dir / CHECKPOINT).exists():
+    run = RunDir(run_dir)
+    if run.checkpoint.exists():
         raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or pick another --out")
     if cfg.generated_head and data.native is None:
         raise ConfigError(
@@ -557,16 +531,10 @@ def prepare_run(
         raise ConfigError(f"only {len(data)} image(s): too few to train on")
     train, val = data.subset(train_idx), data.subset(val_idx)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / SNAPSHOT_DIR).glob("G_*.pt"):  # from an attempt that died before its first checkpoint
+    for stale in run.snapshots():  # from an attempt that died before its first checkpoint
         stale.unlink()
-    buf = io.BytesIO()
-    np.save(buf, val.images)
-    atomic_write(run_dir / "validation.npy", buf.getvalue())
-    write_memory_bank(run_dir, train, cfg.seed)
-    if cfg.generated_head:
-        buf = io.BytesIO()
-        np.save(buf, val.native)
-        atomic_write(run_dir / "validation_native.npy", buf.getvalue())
+    run.write_validation(val.images, val.native if cfg.generated_head else None)
+    run.write_memory_bank(train.images, cfg.seed)
     run_info = {
         "data": {**data.source, **data_options},
         "fingerprint": data.fingerprint(),
@@ -580,15 +548,15 @@ def prepare_run(
         "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write(run_dir / "run.json", json.dumps(run_info, indent=2))
-    atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run.write_info(run_info)
+    run.write_config(asdict(cfg))
+    run.metrics.unlink(missing_ok=True)
     return train
 
 
 def check_same_data(data: Dataset, run_dir: Path) -> None:
     """Refuse data other than what the run was trained on (by fingerprint)."""
-    info = json.loads((run_dir / "run.json").read_text())
+    info = RunDir(run_dir).read_info()
     if data.fingerprint() != info["fingerprint"]:
         raise ConfigError(
             f"the data differs from the data {run_dir} was trained on (fingerprint {data.fingerprint()} != "
@@ -602,11 +570,12 @@ def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict
     cfg = load_config(run_dir)
     check_same_data(data, run_dir)
     train_idx, _ = split_validation(len(data), cfg.val_fraction, cfg.seed)
-    truncate_metrics(run_dir / "metrics.jsonl", int(ckpt["step"]))
+    run = RunDir(run_dir)
+    truncate_metrics(run.metrics, int(ckpt["step"]))
     train = data.subset(train_idx)
-    if not (run_dir / MEMORY_BANK).is_file():  # runs made before the kNN score kept no memory bank
+    if not run.memory_bank.is_file():  # runs made before the kNN score kept no memory bank
         log.info("adding the memory bank (%s) to %s", MEMORY_BANK, run_dir)
-        write_memory_bank(run_dir, train, cfg.seed)
+        run.write_memory_bank(train.images, cfg.seed)
     return cfg, train, ckpt
 
 
@@ -624,9 +593,10 @@ def reset_head(run_dir: Path, head_steps: int | None, head_options: dict[str, An
         )
     new_cfg = asdict(replace(cfg, head_steps=head_steps, **(head_options or {})))  # None: the default for the run's GAN steps
     ckpt = {k: v for k, v in ckpt.items() if k not in ("H", "opt_h")} | {"step": start, "config": new_cfg}
-    save_checkpoint(run_dir / CHECKPOINT, ckpt)
-    atomic_write(run_dir / "config.json", json.dumps(new_cfg, indent=2))
-    truncate_metrics(run_dir / "metrics.jsonl", start)
+    run = RunDir(run_dir)
+    save_checkpoint(run.checkpoint, ckpt)
+    run.write_config(new_cfg)
+    truncate_metrics(run.metrics, start)
     log.info("%s rewound to step %d: the head is retrained for %d steps", run_dir, start, new_cfg["head_steps"])
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from ganaudit.aux_generators import AUX_DIR
+from ganaudit.rundir import AUX_POOL as AUX_DIR
 from ganaudit.runtime import Detector
 from ganaudit.train import load_checkpoint
 

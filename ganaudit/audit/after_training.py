@@ -1,5 +1,5 @@
 """The short audit ``ganaudit train`` ends with: the run's generator against its own training and held-out images,
-written to RUN_DIR/audit/ (``ganaudit.train.AUDIT_JSON``); ``ganaudit export`` copies its ``headline``."""
+written to RUN_DIR/audit/ (``ganaudit.rundir.AUDIT_JSON``); ``ganaudit export`` copies its ``headline``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GanauditError
+from ..rundir import RunDir
 from .gan_report import write_gan_report
 from .pipeline import run_gan_audit
 
@@ -33,9 +34,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def report_dir(run_dir: str | Path) -> Path:
-    from ..train import AUDIT_JSON
-
-    return (Path(run_dir) / AUDIT_JSON).parent
+    return RunDir(run_dir).audit_dir
 
 
 def audit_run(run_dir: str | Path, *, progress: bool = False) -> dict[str, Any] | None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +12,8 @@ from ..errors import ConfigError
 from .features import embed, extractor
 from .gan import DEFAULT_BINS, Features, GanAudit, audit_features
 from .prdc import DEFAULT_K
-from .sources import MEMORY_BANK, VALIDATION, ImageSet, drop_shared, is_run, load_images, read_labels_csv, run_file, sample_run
+from ..rundir import MEMORY_BANK, VALIDATION, RunDir
+from .sources import ImageSet, drop_shared, is_run, load_images, read_labels_csv, run_file, sample_run
 
 DEFAULT_N = 5000  # generated samples drawn from a run
 DEFAULT_SIZE = 32
@@ -30,7 +29,7 @@ class GanAuditRun:
 
 
 def _run_size(run: str) -> int:
-    return int(json.loads((Path(run) / "config.json").read_text())["size"])
+    return int(RunDir(run).read_config()["size"])
 
 
 def load_sets(

@@ -19,9 +19,8 @@ import numpy as np
 
 from ..datasets import load_dataset
 from ..errors import ConfigError
+from ..rundir import RunDir
 
-VALIDATION = "validation.npy"  # written by ganaudit.train.prepare_run
-MEMORY_BANK = "memory_bank.npy"  # ganaudit.train.MEMORY_BANK (training images, up to 4096)
 
 
 @dataclass
@@ -34,8 +33,7 @@ class ImageSet:
 
 
 def is_run(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file() and (p / "checkpoints" / "last.pt").is_file()
+    return RunDir(path).is_run()
 
 
 def _npy(path: Path) -> ImageSet:

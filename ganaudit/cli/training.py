@@ -103,6 +103,7 @@ def train(
 
     from ..datasets import load_dataset
     from ..errors import ConfigError
+    from ..rundir import RunDir
     from ..spec import check_size
     from ..train import TrainConfig, load_config, pick_device
     from ..train import train as run_training
@@ -111,7 +112,7 @@ def train(
     if channels not in ("auto", "1", "3"):
         raise ConfigError(f"--channels must be 1, 3 or auto, got {channels!r}")
     for flag, given in (("--resume", resume), ("--retrain-head", retrain_head)):
-        if given and not (out / "checkpoints" / "last.pt").is_file():
+        if given and not RunDir(out).has_checkpoint():
             raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
     pick_device(device)
     cfg = TrainConfig(
