@@ -517,6 +517,15 @@ def shown(path: str | bytes) -> str:
 _shown = shown
 
 
+def check_file_size(n_bytes: int, max_pixels: int) -> None:
+    """Refuse, unread, a file bigger than any image within the pixel limit could be (ImageDecodeError)."""
+    if n_bytes > _MAX_BYTES_PER_PIXEL * max_pixels + _SLACK_BYTES:
+        raise ImageDecodeError(
+            f"file is {n_bytes / 1e6:.0f} MB, too large for an image within the "
+            f"{_megapixels(max_pixels)} MP limit; raise --max-pixels (max_pixels in Python) to allow it"
+        )
+
+
 def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
     """The file's bytes; checks the header's pixel count (and the file size) before reading it all."""
     shown = _shown(path)
@@ -531,11 +540,8 @@ def _read_file(path: str | bytes, max_pixels: int | None) -> bytes:
             size = image_size(data)
             if size is not None:
                 _check_pixels(size[0], size[1], max_pixels)
-            if max_pixels is not None and st.st_size > _MAX_BYTES_PER_PIXEL * max_pixels + _SLACK_BYTES:
-                raise ImageDecodeError(
-                    f"file is {st.st_size / 1e6:.0f} MB, too large for an image within the "
-                    f"{_megapixels(max_pixels)} MP limit; raise --max-pixels (max_pixels in Python) to allow it"
-                )
+            if max_pixels is not None:
+                check_file_size(st.st_size, max_pixels)
             data += f.read()
     except FileNotFoundError:
         broken = " (broken symbolic link)" if os.path.islink(path) else ""

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +39,7 @@ __all__ = [
     "FlaggedImage",
     "ReportData",
     "csv_from_jsonl",
+    "jsonl_lines",
     "read_jsonl",
     "render_html",
     "svg_histogram",
@@ -156,22 +157,30 @@ class JsonlWriter:
         self._f.close()
 
 
+def jsonl_lines(f: BinaryIO) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """The one reader of results.jsonl: ``(start, end, row)`` byte offsets and row of each complete line of an
+    open file, from its start; ``row`` is None for a line that is not a JSON object with a ``path``. A last
+    line cut short by a killed scan (no newline) ends the reading."""
+    pos = 0
+    for line in f:
+        start, pos = pos, pos + len(line)
+        if not line.endswith(b"\n"):
+            break
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        yield start, pos, row if isinstance(row, dict) and "path" in row else None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
     """Yield ``(byte offset, row)`` for each complete, parseable line of a results.jsonl file.
 
     A last line cut short by a killed scan (no newline, or not valid JSON) is left out.
     """
     with open(path, "rb") as f:
-        pos = 0
-        for line in f:
-            start, pos = pos, pos + len(line)
-            if not line.endswith(b"\n"):
-                break
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "path" in row:
+        for start, _, row in jsonl_lines(f):
+            if row is not None:
                 yield start, row
 
 

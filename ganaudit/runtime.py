@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Mapping, Set
 from typing import Any, Iterable, Sequence, Union
@@ -54,10 +55,33 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the maps are left out; encode them separately)."""
-        d = asdict(self)
-        d.pop("anomaly_map")
-        d.pop("generated_map")
-        return d
+        return verdict_record(self, _DICT_FIELDS)
+
+
+def finite_or_none(x: Any) -> Any:
+    """A float that JSON can carry: NaN and infinities become None; anything else passes through."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+# The fields of a Verdict that a row can carry, in declaration order (the maps are images: encode them apart).
+RECORD_FIELDS = tuple(f.name for f in fields(Verdict) if f.name not in ("anomaly_map", "generated_map"))
+_DICT_FIELDS = RECORD_FIELDS
+
+
+def verdict_record(v: Verdict, names: Sequence[str] = RECORD_FIELDS) -> dict[str, Any]:
+    """The one conversion of a verdict into a row (scan results, service responses, ``Verdict.to_dict``): the
+    fields ``names`` in that order, JSON-ready (non-finite floats become None); the maps are the caller's."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(v, name)
+        kind = type(value)
+        if kind is list:  # reasons
+            out[name] = list(value)
+        elif kind is dict:  # components
+            out[name] = {k: finite_or_none(x) for k, x in value.items()}
+        else:
+            out[name] = finite_or_none(value)
+    return out
 
 
 @dataclass
@@ -73,10 +97,23 @@ class Prepared:
     crops: np.ndarray | None = None
 
 
+# Where a threshold came from, as scan summaries say it (``Thresholds.how``).
+SET_EXPLICITLY = "set with --{head}-threshold"
+SET_BY_FPR = "at FPR {fpr:g} on the model's normal-validation scores (--fpr)"
+SET_AT_LOAD = "set when the detector was loaded"
+MODEL_DEFAULT = "model default: "
+
+
 @dataclass(frozen=True)
 class Thresholds:
+    """The thresholds in force and, in ``how``, where each came from (by head; not part of equality)."""
+
     anomaly: float
     generated: float | None
+    how: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def origin(self, head: str) -> str:
+        return self.how.get(head, SET_AT_LOAD)
 
 
 def _describe(source: Any) -> str | None:
@@ -247,21 +284,37 @@ class Detector:
         """Thresholds in force: explicit values win, then ``fpr``, then ``base``, then the model's own."""
         spec = self.spec
         if base is None:
-            anomaly = spec.thresholds[ANOMALY].value if ANOMALY in spec.thresholds else float("inf")
-            generated = spec.thresholds[GENERATED].value if GENERATED in spec.thresholds else None
-            base = Thresholds(anomaly, generated)
+            base = self._model_thresholds()
+            how = dict(base.how)
+        else:  # inherited: the model's own stays so; anything else was chosen when the detector was loaded
+            how = {h: o if o.startswith(MODEL_DEFAULT) else SET_AT_LOAD for h in (ANOMALY, GENERATED) for o in [base.origin(h)]}
         anomaly, generated = base.anomaly, base.generated
         if fpr is not None:
             check_fpr(fpr)
             if ANOMALY in spec.quantiles:
-                anomaly = threshold_from_quantiles(spec.quantiles[ANOMALY], fpr)
+                anomaly, how[ANOMALY] = threshold_from_quantiles(spec.quantiles[ANOMALY], fpr), SET_BY_FPR.format(fpr=fpr)
             if GENERATED in spec.quantiles and self.has_generated_head:
                 generated = threshold_from_quantiles(spec.quantiles[GENERATED], fpr)
+                how[GENERATED] = SET_BY_FPR.format(fpr=fpr)
         if anomaly_threshold is not None:
             anomaly = check_threshold("anomaly_threshold", anomaly_threshold)
+            how[ANOMALY] = SET_EXPLICITLY.format(head=ANOMALY)
         if generated_threshold is not None:
             generated = check_threshold("generated_threshold", generated_threshold)
-        return Thresholds(anomaly, generated)
+            how[GENERATED] = SET_EXPLICITLY.format(head=GENERATED)
+        return Thresholds(anomaly, generated, how)
+
+    def _model_thresholds(self) -> Thresholds:
+        """The thresholds stored in the model, with how they were fitted."""
+        values: dict[str, float | None] = {ANOMALY: float("inf"), GENERATED: None}
+        how = {}
+        for head in values:
+            t = self.spec.thresholds.get(head)
+            if t is not None:
+                values[head] = t.value
+                fitted = f"FPR {t.fpr:g} on {t.n_val} normal validation images" if t.fpr is not None else t.method
+                how[head] = MODEL_DEFAULT + fitted
+        return Thresholds(values[ANOMALY], values[GENERATED], how)
 
     # --- pipeline pieces ---------------------------------------------------------
     def prepare(self, source: ImageInput) -> Prepared:

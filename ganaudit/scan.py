@@ -42,28 +42,28 @@ from . import __version__
 from .errors import ConfigError, ImageDecodeError
 from .files import WalkStats, display_path, iter_files
 from .evidence import evidence_map, for_display
-from .imaging import decode
+from .imaging import check_file_size, decode
 from .report import (
     ROW_FIELDS,
-    CsvWriter,
     FlaggedImage,
-    JsonlWriter,
     ReportData,
-    csv_from_jsonl,
     heat_overlay,
+    jsonl_lines,
     make_thumbnail,
     png_data_uri,
-    render_html,
-    write_output,
     write_summary,
 )
-from .runtime import ANOMALY, GENERATED, Detector, Prepared, Thresholds
+from .runtime import (
+    ANOMALY, GENERATED, RECORD_FIELDS, Detector, Prepared, Thresholds, finite_or_none, verdict_record,
+)  # fmt: skip
+from .scan_writers import FILE_NAMES, FORMATS, WRITERS, FinishedScan, ScanWriter
 
 __all__ = [
     "DEFAULT_OUT",
     "FILE_NAMES",
     "FORMATS",
     "ScanResult",
+    "check_options",
     "default_threads",
     "default_workers",
     "parse_formats",
@@ -72,16 +72,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl", "html")
 DEFAULT_OUT = "ganaudit-report"
-FILE_NAMES = {"csv": "results.csv", "jsonl": "results.jsonl", "html": "report.html"}
 SUMMARY_NAME = "summary.json"
 DEFAULT_TOP_K = 200
 PASSED_SAMPLE = 12  # passed images shown in the HTML report (a seeded reservoir sample)
 MAX_REPORTED_ERRORS = 200
-# Same rule as imaging: a file bigger than any image within the pixel limit could be is refused unread.
-_MAX_BYTES_PER_PIXEL = 8
-_SLACK_BYTES = 64 << 20
 
 ProgressCallback = Callable[[int, dict[str, int]], None]
 
@@ -106,6 +101,26 @@ def parse_formats(formats: str | Iterable[str]) -> list[str]:
     if not wanted:
         raise ConfigError(f"--format is empty: choose from {', '.join(FORMATS)} (comma-separated)")
     return [f for f in FORMATS if f in wanted]
+
+
+def check_options(
+    formats: Sequence[str], *, batch_size: int | None = None, workers: int | None = None,
+    threads: int | None = None, max_pixels: int | None = None, top_k: int = 0, fpr: float | None = None,
+    anomaly_threshold: float | None = None, generated_threshold: float | None = None, resume: bool = False,
+) -> None:  # fmt: skip
+    """The one check of scan options (the CLI's and :func:`scan`'s): ConfigError naming the option."""
+    if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
+        raise ConfigError(
+            "--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other"
+        )
+    for flag, value, least in (
+        ("--batch-size", batch_size, 1), ("--workers", workers, 1), ("--threads", threads, 1),
+        ("--max-pixels", max_pixels, 1), ("--top-k", top_k, 0),
+    ):  # fmt: skip
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be {'at least 1' if least else '0 or more'}, got {value}")
+    if resume and "jsonl" not in formats:
+        raise ConfigError("--resume reads results.jsonl: keep jsonl in --format")
 
 
 @dataclass
@@ -150,12 +165,7 @@ def _load(detector: Detector, path: str) -> _Loaded:
             raise ImageDecodeError("not a regular file (device, pipe or socket)")
         if st.st_size == 0:
             raise ImageDecodeError("file is empty (0 bytes)")
-        limit = _MAX_BYTES_PER_PIXEL * detector.max_pixels + _SLACK_BYTES
-        if st.st_size > limit:
-            raise ImageDecodeError(
-                f"file is {st.st_size / 1e6:.0f} MB, too large for an image within the "
-                f"{detector.max_pixels / 1e6:g} MP limit"
-            )
+        check_file_size(st.st_size, detector.max_pixels)  # refused unread
         with open(path, "rb") as f:
             data = f.read()
     except ImageDecodeError as e:
@@ -188,9 +198,8 @@ def _error_row(shown: str, error: str, loaded: _Loaded | None = None) -> dict[st
     return row
 
 
-def _finite(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
-
+# The row fields a scored verdict fills (the others: the file's path, hash, size and mtime).
+_VERDICT_FIELDS = tuple(f for f in ROW_FIELDS if f in RECORD_FIELDS)
 
 # (real path, shown path, ready row or None when the file is to be read, JSONL offset of a resumed row)
 _Entry = tuple[str, str, "dict[str, Any] | None", "int | None"]
@@ -208,14 +217,9 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
             if x.prepared is None:
                 row = _error_row(shown, x.error or "could not be read", x)
             else:
-                v = next(verdicts)
                 row = {
-                    "path": shown, "status": "ok", "error": None, "width": v.width, "height": v.height,
-                    "anomaly_score": _finite(v.anomaly_score), "anomaly_percentile": v.anomaly_percentile,
-                    "anomaly_flag": v.anomaly_flag, "generated_score": _finite(v.generated_score),
-                    "generated_flag": v.generated_flag, "flagged": v.flagged, "sha256": x.sha256,
-                    "size": x.size, "mtime": x.mtime, "in_domain": v.in_domain,
-                    "domain_score": _finite(v.domain_score), "reasons": v.reasons,
+                    "path": shown, **verdict_record(next(verdicts), _VERDICT_FIELDS),
+                    "sha256": x.sha256, "size": x.size, "mtime": x.mtime,
                 }  # fmt: skip
         rows.append(row)
     return rows
@@ -304,8 +308,9 @@ class _Tally:
 # --------------------------------------------------------------------------- resume
 
 
-class _Previous:
-    """The rows of an earlier scan's results.jsonl, indexed by path (ok rows only: errors are retried)."""
+class _Resume:
+    """--resume: the rows of an earlier scan's results.jsonl, indexed by path (ok rows only: errors are retried),
+    and the line offset of each row of this scan, so that the file ends with one row per file in walk order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -314,28 +319,22 @@ class _Previous:
         self.bad_lines = 0
         self.end = 0
         with open(path, "rb") as f:
-            pos = 0
-            for line in f:
-                start, pos = pos, pos + len(line)
-                if not line.endswith(b"\n"):
-                    break  # a last line cut short by a killed scan
-                self.end = pos
+            for start, self.end, row in jsonl_lines(f):
                 self.n_lines += 1
-                try:
-                    row = json.loads(line)
-                    key = row["path"]
-                except (ValueError, TypeError, KeyError):
+                if row is None:
                     self.bad_lines += 1
-                    continue
-                if row.get("status") == "ok" and row.get("size") is not None and row.get("mtime") is not None:
-                    self.index[key] = (row["size"], row["mtime"], start)
+                elif row.get("status") == "ok" and row.get("size") is not None and row.get("mtime") is not None:
+                    self.index[row["path"]] = (row["size"], row["mtime"], start)
                 else:
-                    self.index.pop(key, None)
+                    self.index.pop(row["path"], None)
         if path.stat().st_size > self.end:
             log.warning("dropping an incomplete last line in %s (the previous scan was cut off)", path)
             with open(path, "r+b") as f:
                 f.truncate(self.end)
         self._reader = open(path, "rb")
+        self.order = array("q")  # the JSONL line offset of each row of this scan, in walk order
+        self.in_order = True
+        self.lines_now = self.n_lines  # complete lines in results.jsonl
 
     def match(self, shown: str, real_path: str) -> tuple[dict[str, Any], int] | None:
         """The earlier row for this file and its offset, when size and mtime are unchanged."""
@@ -351,8 +350,26 @@ class _Previous:
         self._reader.seek(hit[2])
         return json.loads(self._reader.readline()), hit[2]
 
+    def record(self, entries: list[_Entry], new_offsets: Sequence[int]) -> None:
+        """Note where each row of a chunk is: kept rows where they were, new rows where the JSONL wrote them."""
+        offsets = iter(new_offsets)
+        for _, _, _, old in entries:
+            off = old if old is not None else next(offsets)
+            if self.order and off <= self.order[-1]:
+                self.in_order = False
+            self.order.append(off)
+        self.lines_now += len(new_offsets)
+
     def close(self) -> None:
         self._reader.close()
+
+    def finish(self) -> bool:
+        """Rewrite results.jsonl in walk order, one row per file, when it is not so already; True if rewritten."""
+        if self.in_order and len(self.order) == self.lines_now:
+            return False
+        # Changed files, retried errors or files gone since the first run.
+        _rewrite_jsonl(self.path, self.order)
+        return True
 
 
 def _rewrite_jsonl(path: Path, offsets: Sequence[int]) -> None:
@@ -395,32 +412,19 @@ def _check_previous_summary(out: Path, summary: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- summary pieces
 
 
-def _threshold_info(
-    detector: Detector, thr: Thresholds, fpr: float | None, anomaly_threshold: float | None,
-    generated_threshold: float | None,
-) -> dict[str, Any]:  # fmt: skip
-    spec = detector.spec
-
-    def how(head: str, value: float | None, explicit: float | None) -> str:
+def _threshold_info(detector: Detector, thr: Thresholds, fpr: float | None) -> dict[str, Any]:
+    def how(head: str, value: float | None) -> str:
         if value is None or not math.isfinite(value):
             return "n/a" if head == GENERATED and not detector.has_generated_head else "none: nothing is flagged"
-        if explicit is not None:
-            return f"set with --{head}-threshold"
-        if fpr is not None and head in spec.quantiles:
-            return f"at FPR {fpr:g} on the model's normal-validation scores (--fpr)"
-        t = spec.thresholds.get(head)
-        if t is not None and t.value == value:
-            fitted = f"FPR {t.fpr:g} on {t.n_val} normal validation images" if t.fpr is not None else t.method
-            return f"model default: {fitted}"
-        return "set when the detector was loaded"
+        return thr.origin(head)
 
     return {
-        ANOMALY: _finite(thr.anomaly),
-        GENERATED: _finite(thr.generated),
+        ANOMALY: finite_or_none(thr.anomaly),
+        GENERATED: finite_or_none(thr.generated),
         "fpr": fpr,
         "how": {
-            ANOMALY: how(ANOMALY, thr.anomaly, anomaly_threshold),
-            GENERATED: how(GENERATED, thr.generated, generated_threshold),
+            ANOMALY: how(ANOMALY, thr.anomaly),
+            GENERATED: how(GENERATED, thr.generated),
         },
     }
 
@@ -567,20 +571,12 @@ def scan(
     fmts = parse_formats(formats)
     batch = detector.batch_size if batch_size is None else int(batch_size)
     n_workers = default_workers() if workers is None else int(workers)
-    if batch < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch}")
-    if n_workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {n_workers}")
-    if top_k < 0:
-        raise ConfigError(f"--top-k must be 0 or more, got {top_k}")
-    if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
-        raise ConfigError(
-            "--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other"
-        )
+    check_options(
+        fmts, batch_size=batch, workers=n_workers, top_k=top_k, fpr=fpr, anomaly_threshold=anomaly_threshold,
+        generated_threshold=generated_threshold, resume=resume,
+    )  # fmt: skip
     if generated_threshold is not None and not detector.has_generated_head:
         raise ConfigError(f"--generated-threshold: model {detector.name!r} has no generated-image head")
-    if resume and "jsonl" not in fmts:
-        raise ConfigError("--resume reads results.jsonl: keep jsonl in --format")
     thr = detector.resolve_thresholds(
         fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold, base=detector.thresholds
     )
@@ -606,131 +602,147 @@ def scan(
         "out": display_path(out_dir),
         "files": {**files, "summary": SUMMARY_NAME},
         "model": _model_info(detector, model_path),
-        "thresholds": _threshold_info(detector, thr, fpr, anomaly_threshold, generated_threshold),
+        "thresholds": _threshold_info(detector, thr, fpr),
         "counts": {},
         "workers": n_workers,
         "batch_size": batch,
         "recursive": recursive,
         "resume": resume,
     }
-    jsonl_path, csv_path = out_dir / FILE_NAMES["jsonl"], out_dir / FILE_NAMES["csv"]
-    previous: _Previous | None = None
+    jsonl_path = out_dir / FILE_NAMES["jsonl"]
+    previous: _Resume | None = None
     if resume:
         _check_previous_summary(out_dir, summary)
         if jsonl_path.exists():
-            previous = _Previous(jsonl_path)
+            previous = _Resume(jsonl_path)
         else:
             log.warning("--resume: no results.jsonl in %s yet; scanning everything", display_path(out_dir))
-    if "html" in fmts:
-        (out_dir / FILE_NAMES["html"]).unlink(missing_ok=True)  # never leave a stale report beside new rows
-    tally = _Tally(top_k)
+    writers = [WRITERS[f](out_dir) for f in fmts]
+    run = _ScanRun(detector, thr, out_dir, writers, previous, batch, n_workers, summary, walk_stats, on_progress, top_k)
+    run.write_summary(complete=False)
+    run.run(candidates)
+    return ScanResult(out_dir, summary)
 
-    def update_summary(complete: bool) -> dict[str, Any]:
-        seconds = time.perf_counter() - t0
-        summary["counts"] = {**tally.counts, "skipped": walk_stats.skipped_non_image, "duplicates": walk_stats.duplicates}
-        summary["complete"] = complete
-        summary["finished"] = _now() if complete else None
-        summary["seconds"] = round(seconds, 3)
-        summary["images_per_second"] = round(tally.counts["processed"] / seconds, 2) if seconds > 0 else 0.0
-        return summary
 
-    t0 = time.perf_counter()
-    write_summary(out_dir / SUMMARY_NAME, update_summary(False))
-    if previous is not None and "csv" in fmts:
-        csv_from_jsonl(jsonl_path, csv_path)  # consistent with the (possibly truncated) JSONL
-    append = previous is not None
-    jsonl = JsonlWriter(jsonl_path, append=append) if "jsonl" in fmts else None
-    csvw = CsvWriter(csv_path, append=append) if "csv" in fmts else None
-    order = array("q")  # resume only: the JSONL line offset of each row, in walk order
-    in_order = True
-    lines_now = previous.n_lines if previous else 0  # complete lines in results.jsonl
+class _ScanRun:
+    """One scan in progress: the pool and the chunks in flight, the writers, the tally, the resume index and the
+    summary. Chunks of up to ``batch`` files to decode (plus ready rows: walk errors, resumed rows) go to the
+    pool; each task reads, decodes and scores its chunk; at most ``window`` chunks are in flight, and their rows
+    reach the writers in walk order."""
 
-    def consume(task: Future, entries: list[_Entry]) -> None:
+    def __init__(
+        self, detector: Detector, thr: Thresholds, out_dir: Path, writers: list[ScanWriter], previous: _Resume | None,
+        batch: int, n_workers: int, summary: dict[str, Any], walk_stats: WalkStats, on_progress: ProgressCallback | None,
+        top_k: int,
+    ) -> None:  # fmt: skip
+        self.detector, self.thr, self.writers, self.previous = detector, thr, writers, previous
+        self.batch, self.n_workers, self.window = batch, n_workers, max(2, 2 * n_workers)
+        self.summary, self.walk_stats, self.on_progress = summary, walk_stats, on_progress
+        self.tally = _Tally(top_k)
+        self.pending: deque[tuple[Future, list[_Entry]]] = deque()
+        self.chunk: list[_Entry] = []
+        self.n_to_load = 0
+        self.t0 = time.perf_counter()
+        self.out_dir = out_dir
+        self.jsonl = next((w for w in writers if w.format == "jsonl"), None)
+
+    def update_summary(self, complete: bool) -> dict[str, Any]:
+        """Bring the summary's counts, times and state up to date."""
+        seconds = time.perf_counter() - self.t0
+        counts, ws = self.tally.counts, self.walk_stats
+        self.summary["counts"] = {**counts, "skipped": ws.skipped_non_image, "duplicates": ws.duplicates}
+        self.summary["complete"] = complete
+        self.summary["finished"] = _now() if complete else None
+        self.summary["seconds"] = round(seconds, 3)
+        self.summary["images_per_second"] = round(counts["processed"] / seconds, 2) if seconds > 0 else 0.0
+        return self.summary
+
+    def write_summary(self, complete: bool) -> None:
+        write_summary(self.out_dir / SUMMARY_NAME, self.update_summary(complete))
+
+    def run(self, candidates: Iterable[Any]) -> None:
+        """Score every candidate, write the rows, then finish the writers and the summary."""
+        for w in self.writers:
+            w.open(resume=self.previous is not None)
+        self.pool = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="ganaudit-scan")
+        with self.pool:  # on the way out: wait for running tasks, cancel the queued ones
+            complete = False
+            try:
+                for cand in candidates:
+                    self.add(cand)
+                self.submit()
+                while self.pending:
+                    self.consume(*self.pending.popleft())
+                complete = True
+            finally:
+                if not complete:
+                    self.pool.shutdown(wait=True, cancel_futures=True)
+                for w in self.writers:
+                    w.close()
+                if self.previous is not None:
+                    self.previous.close()
+                if not complete:  # interrupted or failed: say so, keep the partial rows
+                    self.write_summary(complete=False)
+            rewritten = self.previous is not None and self.previous.finish()
+            self.previous = None  # its offsets are no longer needed
+            done = FinishedScan(jsonl_rewritten=rewritten, report=self.report_data)
+            for w in self.writers:
+                w.finish(done)
+        self.write_summary(complete=True)
+
+    def add(self, cand: Any) -> None:
+        """Queue one file of the walk (or its walk error) in the current chunk."""
+        shown = display_path(cand.path)
+        if cand.error is not None:
+            self.chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
+        else:
+            hit = self.previous.match(shown, cand.path) if self.previous is not None else None
+            if hit is not None:
+                self.chunk.append((cand.path, shown, hit[0], hit[1]))
+            else:
+                self.chunk.append((cand.path, shown, None, None))
+                self.n_to_load += 1
+        if self.n_to_load >= self.batch or len(self.chunk) >= 4 * self.batch:
+            self.submit()
+
+    def submit(self) -> None:
+        """Send the current chunk to the pool; write finished chunks while the window is full."""
+        if self.chunk:
+            task = self.pool.submit(_process_chunk, self.detector, self.thr, self.chunk)
+            self.pending.append((task, self.chunk))
+            self.chunk, self.n_to_load = [], 0
+        while len(self.pending) >= self.window:
+            self.consume(*self.pending.popleft())
+
+    def consume(self, task: Future, entries: list[_Entry]) -> None:
         """Write one finished chunk's rows (in walk order) and add them to the tally."""
-        nonlocal in_order, lines_now
         rows: list[dict[str, Any]] = task.result()
         new_rows = [row for (_, _, _, old), row in zip(entries, rows) if old is None]
-        offsets = iter(jsonl.write(new_rows)) if jsonl is not None else iter(())
-        if csvw is not None:
-            csvw.write(new_rows)
+        offsets: Sequence[int] = ()
+        for w in self.writers:
+            written = w.write(new_rows)
+            if w is self.jsonl:
+                offsets = written
+        if self.previous is not None:
+            self.previous.record(entries, offsets)
         for (real, _, _, old), row in zip(entries, rows):
-            if previous is not None:
-                off = old if old is not None else next(offsets)
-                if order and off <= order[-1]:
-                    in_order = False
-                order.append(off)
-            tally.add(row, real, resumed=old is not None)
-        lines_now += len(new_rows)
-        if on_progress is not None:
-            on_progress(len(rows), dict(tally.counts))
+            self.tally.add(row, real, resumed=old is not None)
+        if self.on_progress is not None:
+            self.on_progress(len(rows), dict(self.tally.counts))
 
-    # Chunks of up to `batch` files to decode (plus ready rows: walk errors, resumed rows) go to the pool;
-    # each task reads, decodes and scores its chunk; at most `window` chunks are in flight.
-    window = max(2, 2 * n_workers)
-    pending: deque[tuple[Future, list[_Entry]]] = deque()
-    chunk: list[_Entry] = []
-    n_to_load = 0
-    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ganaudit-scan")
-
-    def submit() -> None:
-        nonlocal chunk, n_to_load
-        if chunk:
-            pending.append((pool.submit(_process_chunk, detector, thr, chunk), chunk))
-            chunk, n_to_load = [], 0
-        while len(pending) >= window:
-            consume(*pending.popleft())
-
-    with pool:  # on the way out: wait for running tasks, cancel the queued ones
-        complete = False
-        try:
-            for cand in candidates:
-                shown = display_path(cand.path)
-                if cand.error is not None:
-                    chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
-                else:
-                    hit = previous.match(shown, cand.path) if previous is not None else None
-                    if hit is not None:
-                        chunk.append((cand.path, shown, hit[0], hit[1]))
-                    else:
-                        chunk.append((cand.path, shown, None, None))
-                        n_to_load += 1
-                if n_to_load >= batch or len(chunk) >= 4 * batch:
-                    submit()
-            submit()
-            while pending:
-                consume(*pending.popleft())
-            complete = True
-        finally:
-            if not complete:
-                pool.shutdown(wait=True, cancel_futures=True)
-            for w in (jsonl, csvw):
-                if w is not None:
-                    w.close()
-            if previous is not None:
-                previous.close()
-            if not complete:  # interrupted or failed: say so, keep the partial rows
-                write_summary(out_dir / SUMMARY_NAME, update_summary(False))
-
-        if previous is not None and (not in_order or len(order) != lines_now):
-            # Changed files, retried errors or files gone since the first run: restore walk order, one row each.
-            _rewrite_jsonl(jsonl_path, order)
-            if "csv" in fmts:
-                csv_from_jsonl(jsonl_path, csv_path)
-        del order
-        if "html" in fmts:
-            top = tally.top()
-            shown, span = _flagged_visuals(detector, top + tally.passed, batch, pool)
-            flagged, passed = shown[: len(top)], shown[len(top) :]
-            data = ReportData(
-                summary=dict(update_summary(True)),
-                anomaly_scores=np.frombuffer(tally.anomaly, np.float64) if len(tally.anomaly) else np.empty(0),
-                generated_scores=np.frombuffer(tally.generated, np.float64) if len(tally.generated) else np.empty(0),
-                flagged=flagged,
-                errors=tally.errors,
-                has_generated_head=detector.has_generated_head,
-                map_range=span,
-                passed=passed,
-            )
-            write_output(out_dir / FILE_NAMES["html"], render_html(data))
-    write_summary(out_dir / SUMMARY_NAME, update_summary(True))
-    return ScanResult(out_dir, summary)
+    def report_data(self) -> ReportData:
+        """The HTML report's inputs: the summary, the score arrays, and the kept flagged and passed images."""
+        tally = self.tally
+        top = tally.top()
+        shown, span = _flagged_visuals(self.detector, top + tally.passed, self.batch, self.pool)
+        flagged, passed = shown[: len(top)], shown[len(top) :]
+        return ReportData(
+            summary=dict(self.update_summary(complete=True)),
+            anomaly_scores=np.frombuffer(tally.anomaly, np.float64) if len(tally.anomaly) else np.empty(0),
+            generated_scores=np.frombuffer(tally.generated, np.float64) if len(tally.generated) else np.empty(0),
+            flagged=flagged,
+            errors=tally.errors,
+            has_generated_head=self.detector.has_generated_head,
+            map_range=span,
+            passed=passed,
+        )

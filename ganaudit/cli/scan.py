@@ -107,20 +107,14 @@ def scan_cmd(
     """
     from ..models import resolve_model
     from ..runtime import Detector
-    from ..scan import default_threads, default_workers, parse_formats, scan
+    from ..scan import check_options, default_threads, default_workers, parse_formats, scan
 
-    if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
-        raise fail("--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other")
-    if batch_size < 1:
-        raise fail(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise fail(f"--workers must be at least 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise fail(f"--threads must be at least 1, got {threads}")
     formats = parse_formats(format)
+    check_options(
+        formats, batch_size=batch_size, workers=workers, threads=threads, max_pixels=max_pixels, top_k=top_k,
+        fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold, resume=resume,
+    )  # fmt: skip
     model_path = resolve_model(model)
-    if max_pixels < 1:
-        raise fail(f"--max-pixels must be at least 1, got {max_pixels}")
     workers = default_workers() if workers is None else workers
     threads = default_threads(workers) if threads is None else threads
     detector = Detector.load(

@@ -24,7 +24,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Annotated, Any, Awaitable, Callable, Optional
 
 import cv2
@@ -41,7 +41,7 @@ from .. import __version__, evidence
 from ..errors import ConfigError, GanauditError
 from ..grid import encode_png
 from ..imaging import check_header
-from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
+from ..runtime import RECORD_FIELDS, Detector, Prepared, Thresholds, Verdict, error_verdict, finite_or_none, verdict_record
 from . import binary
 from . import schemas as S
 from .admission import SMALL_PIXELS, ClientGone, PixelBudget, run_admitted
@@ -134,10 +134,6 @@ def _prepare_all(detector: Detector, blobs: list[bytes]) -> list[Prepared | Exce
     return out
 
 
-def _finite(x: Any) -> Any:
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def heatmap_png(anomaly_map: np.ndarray) -> bytes:
     """The anomaly map as a color PNG: inferno colormap, 0 -> black, >= 1 -> yellow."""
     u8 = np.clip(np.nan_to_num(np.asarray(anomaly_map, np.float32)) * 255.0, 0, 255).astype(np.uint8)
@@ -145,17 +141,12 @@ def heatmap_png(anomaly_map: np.ndarray) -> bytes:
     return encode_png(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
-# Verdict fields a result carries, in order (Verdict.to_dict() deep-copies via asdict: too slow per image here).
-_RESULT_FIELDS = tuple(
-    f.name for f in fields(Verdict) if f.name not in ("source", "components", "anomaly_map", "generated_map")
-)
+# Verdict fields a result carries, in order: components last, before the maps.
+_RESULT_FIELDS = tuple(f for f in RECORD_FIELDS if f not in ("source", "components")) + ("components",)
 
 
 def _result(filename: str | None, v: Verdict) -> dict[str, Any]:
-    d: dict[str, Any] = {"filename": filename}
-    for name in _RESULT_FIELDS:
-        d[name] = _finite(getattr(v, name))
-    d["components"] = {k: _finite(val) for k, val in v.components.items()}
+    d: dict[str, Any] = {"filename": filename, **verdict_record(v, _RESULT_FIELDS)}
     d["anomaly_map"] = base64.b64encode(heatmap_png(v.anomaly_map)).decode() if v.anomaly_map is not None else None
     gm = v.generated_map
     d["generated_map"] = None if gm is None else base64.b64encode(heatmap_png(evidence.for_display(gm))).decode()
@@ -512,7 +503,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         verdicts = await service.score(prepared, thresholds, include_map)
         body = {
             "model": service.model_ref(),
-            "thresholds": {"anomaly": _finite(thresholds.anomaly), "generated": _finite(thresholds.generated)},
+            "thresholds": {"anomaly": finite_or_none(thresholds.anomaly), "generated": finite_or_none(thresholds.generated)},
             "results": [_result(n, v) for n, v in zip(names, verdicts)],
         }
         return JSONResponse(body)
@@ -663,7 +654,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
                 binaries.append(binary.encode(available[k], values[k]))
                 out["parameters"] = {"binary_data_size": len(binaries[-1])}
             else:
-                out["data"] = [_finite(x) for x in values[k]]
+                out["data"] = [finite_or_none(x) for x in values[k]]
             outputs.append(out)
         body: dict[str, Any] = {"model_name": service.name, "model_version": service.spec_hash, "outputs": outputs}
         if payload.id is not None:
