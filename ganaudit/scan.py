@@ -56,6 +56,7 @@ from .report import (
 from .runtime import (
     ANOMALY, GENERATED, RECORD_FIELDS, Detector, Prepared, Thresholds, finite_or_none, verdict_record,
 )  # fmt: skip
+from .spec import describe_spec, input_text
 from .scan_writers import FILE_NAMES, FORMATS, WRITERS, FinishedScan, ScanWriter
 
 __all__ = [
@@ -430,14 +431,14 @@ def _threshold_info(detector: Detector, thr: Thresholds, fpr: float | None) -> d
 
 
 def _model_info(detector: Detector, model_path: str | os.PathLike | None) -> dict[str, Any]:
-    p = detector.spec.preprocess
+    d = describe_spec(detector.spec)
     return {
         "name": detector.name,
         "spec_hash": detector.spec_hash,
         "path": display_path(model_path) if model_path is not None else None,
-        "heads": list(detector.spec.heads),
-        "input": f"{p.channels} x {p.size} x {p.size} ({p.fit})",
-        "provenance": detector.spec.provenance,
+        "heads": d["heads"],
+        "input": f"{input_text(d['input'])} ({d['input']['fit']})",
+        "provenance": d["provenance"],
     }
 
 

@@ -132,3 +132,39 @@ class ModelSpec:
             raise ModelFormatError(f"the ganaudit model spec is incomplete or invalid: {e}") from None
         spec._source_json = text
         return spec
+
+
+def describe_spec(spec: ModelSpec) -> dict[str, Any]:
+    """The one plain description of a detector's spec: `ganaudit info`, `ganaudit models` and scan summaries each
+    show a part of it."""
+    p = spec.preprocess
+    return {
+        "name": spec.name,
+        "spec_hash": spec.spec_hash,
+        "format_version": spec.format_version,
+        "heads": list(spec.heads),
+        "outputs": list(spec.outputs),
+        "input": {"channels": p.channels, "size": p.size, "fit": p.fit},
+        "native_crops": p.native_crops if "crops" in spec.inputs else 0,  # crops per image the generated head scores
+        "thresholds": {h: {"value": t.value, "fpr": t.fpr, "n_val": t.n_val} for h, t in spec.thresholds.items()},
+        "scoring": describe_scoring(spec.scoring),
+        "provenance": spec.provenance,
+    }
+
+
+def input_text(i: dict[str, Any]) -> str:
+    """``C x S x S`` of a described input."""
+    return f"{i['channels']} x {i['size']} x {i['size']}"
+
+
+def describe_scoring(scoring: dict[str, Any]) -> str:
+    """How the anomaly score is computed, in one line (the fused score's weighted components)."""
+    method = scoring.get("method", "izif")
+    if method != "fused":
+        return f"{method} (f-AnoGAN's pixel + kappa x feature residual)"
+    if "layout" not in scoring:
+        return "fused (exported before layouts)"
+    shown = {"log": "log {}", "negate": "-{}"}
+    terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
+    weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
+    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + " + ".join(weighted)

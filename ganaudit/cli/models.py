@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..spec import describe_spec, input_text
 from .common import friendly_errors
 
 
@@ -19,22 +20,17 @@ def describe_model(name: str, path: Path, default: str) -> dict[str, Any]:
     """One shipped model as plain data: name, heads, input, thresholds, path (or the error that stops it loading)."""
     from ..errors import GanauditError
     from ..runtime import Detector
+    from ..spec import describe_spec
 
     row: dict[str, Any] = {"name": name, "default": name == default, "path": str(path)}
     try:
-        spec = Detector.load(path).spec
+        d = describe_spec(Detector.load(path).spec)
     except GanauditError as e:
         return {**row, "error": str(e)}
-    p = spec.preprocess
     return {
         **row,
-        "model_name": spec.name,
-        "spec_hash": spec.spec_hash,
-        "heads": list(spec.heads),
-        "input": {"channels": p.channels, "size": p.size, "fit": p.fit},
-        "thresholds": {
-            head: {"value": t.value, "fpr": t.fpr, "n_val": t.n_val} for head, t in spec.thresholds.items()
-        },
+        "model_name": d["name"],
+        **{k: d[k] for k in ("spec_hash", "heads", "input", "thresholds")},
         "size_bytes": path.stat().st_size,
     }
 
@@ -47,7 +43,7 @@ def _text(row: dict[str, Any]) -> str:
     lines = [
         title,
         f"  heads:      {', '.join(row['heads'])}",
-        f"  input:      {i['channels']} x {i['size']} x {i['size']} (fit={i['fit']})",
+        f"  input:      {input_text(i)} (fit={i['fit']})",
     ]
     for head, t in row["thresholds"].items():
         fpr = "" if t["fpr"] is None else f" (FPR {t['fpr']} on {t['n_val']} normal validation images)"
@@ -78,28 +74,26 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole spec as JSON.")] = False,
 ) -> None:
     """Print a detector's spec: preprocessing, heads, thresholds and provenance."""
-    import json
-
     from ..runtime import Detector
 
-    det = Detector.load(model)
-    spec = det.spec
+    spec = Detector.load(model).spec
     if json_out:
         typer.echo(json.dumps({**json.loads(spec.to_json()), "spec_hash": spec.spec_hash}, indent=2))
         return
-    p = spec.preprocess
-    prov = spec.provenance
+    d = describe_spec(spec)
+    prov = d["provenance"]
+    crops = d["native_crops"]
     lines = [
-        f"name:          {spec.name}",
-        f"spec hash:     {spec.spec_hash} (format version {spec.format_version})",
-        f"input:         {p.channels} x {p.size} x {p.size}, fit={p.fit}"
-        + (f"; generated head: {p.native_crops} native-scale crops per image" if "crops" in spec.inputs else ""),
-        f"heads:         {', '.join(spec.heads)}",
-        f"outputs:       {', '.join(spec.outputs)}",
-        f"anomaly score: {_describe_scoring(spec.scoring)}",
+        f"name:          {d['name']}",
+        f"spec hash:     {d['spec_hash']} (format version {d['format_version']})",
+        f"input:         {input_text(d['input'])}, fit={d['input']['fit']}"
+        + (f"; generated head: {crops} native-scale crops per image" if crops else ""),
+        f"heads:         {', '.join(d['heads'])}",
+        f"outputs:       {', '.join(d['outputs'])}",
+        f"anomaly score: {d['scoring']}",
     ]
-    for head, t in spec.thresholds.items():
-        lines.append(f"threshold:     {head} > {t.value:.6g} (FPR {t.fpr} on {t.n_val} normal validation images)")
+    for head, t in d["thresholds"].items():
+        lines.append(f"threshold:     {head} > {t['value']:.6g} (FPR {t['fpr']} on {t['n_val']} normal validation images)")
     data = prov.get("data", {})
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")
@@ -108,18 +102,6 @@ def info(
 
         lines.append(f"audit:         {summary(prov['audit'])} ({prov['audit']['n_generated']} samples, after training)")
     typer.echo("\n".join(lines))
-
-
-def _describe_scoring(scoring: dict) -> str:
-    method = scoring.get("method", "izif")
-    if method != "fused":
-        return f"{method} (f-AnoGAN's pixel + kappa x feature residual)"
-    if "layout" not in scoring:
-        return "fused (exported before layouts)"
-    shown = {"log": "log {}", "negate": "-{}"}
-    terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
-    weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
-    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + " + ".join(weighted)
 
 
 def register_info(app: typer.Typer) -> None:
