@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.export import export, scoring_model
+from ganaudit.export import export
+from ganaudit.export_graph import scoring_model
 from ganaudit.runtime import Detector
 from ganaudit.train import TrainConfig, load_networks, train
 

@@ -38,7 +38,8 @@ from sklearn.metrics import roc_auc_score
 from _common import MNIST
 from q3_textures import DEFECTS, make_test_set, paste_defect, split_regions, texture
 from ganaudit.datasets import read_idx
-from ganaudit.export import FUSION_WEIGHTS, fit_fusion, fusion_table, scoring_model
+from ganaudit.export_fit import FUSION_WEIGHTS, fit_fusion, fusion_table
+from ganaudit.export_graph import scoring_model
 from ganaudit.imaging import preprocess_batch
 from ganaudit.rundir import RunDir
 from ganaudit.train import load_networks

@@ -309,6 +309,7 @@ def svg_histogram(
     ``bounds`` fixes the x range (e.g. (0, 1) for probabilities); by default it spans the values and
     the threshold.
     """
+    # Long by its drawing: axes, bars, threshold and labels share one coordinate system, kept in one place.
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -680,6 +681,7 @@ def _card(label: str, value: Any, cls: str = "", sub: str = "") -> str:
 
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML string (inline CSS, JS, SVG and images)."""
+    # Long by its template: one page, top to bottom (header, thresholds, histograms, flagged, passed, errors).
     s = data.summary
     c = s["counts"]
     model = s["model"]

@@ -430,6 +430,28 @@ def _threshold_info(detector: Detector, thr: Thresholds, fpr: float | None) -> d
     }
 
 
+def _new_summary(
+    detector: Detector, thr: Thresholds, fpr: float | None, fmts: list[str], path_list: list[Any], out_dir: Path,
+    model_path: str | os.PathLike | None, **options: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """summary.json as a scan starts (counts and times are filled in as it runs)."""
+    return {
+        "ganaudit_version": __version__,
+        "complete": False,
+        "started": _now(),
+        "finished": None,
+        "seconds": 0.0,
+        "images_per_second": 0.0,
+        "paths": [display_path(p) for p in path_list],
+        "out": display_path(out_dir),
+        "files": {**{f: FILE_NAMES[f] for f in fmts}, "summary": SUMMARY_NAME},
+        "model": _model_info(detector, model_path),
+        "thresholds": _threshold_info(detector, thr, fpr),
+        "counts": {},
+        **options,  # workers, batch_size, recursive, resume: in this order
+    }
+
+
 def _model_info(detector: Detector, model_path: str | os.PathLike | None) -> dict[str, Any]:
     d = describe_spec(detector.spec)
     return {
@@ -569,6 +591,7 @@ def scan(
     Returns a :class:`ScanResult`. Raises ConfigError for invalid options or missing paths; files that
     cannot be read never raise, they become rows with ``status="error"``.
     """
+    # Half of this is the docstring; the scan itself runs in _ScanRun.
     fmts = parse_formats(formats)
     batch = detector.batch_size if batch_size is None else int(batch_size)
     n_workers = default_workers() if workers is None else int(workers)
@@ -591,25 +614,10 @@ def scan(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {display_path(out_dir)} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {f: FILE_NAMES[f] for f in fmts}
-    summary: dict[str, Any] = {
-        "ganaudit_version": __version__,
-        "complete": False,
-        "started": _now(),
-        "finished": None,
-        "seconds": 0.0,
-        "images_per_second": 0.0,
-        "paths": [display_path(p) for p in path_list],
-        "out": display_path(out_dir),
-        "files": {**files, "summary": SUMMARY_NAME},
-        "model": _model_info(detector, model_path),
-        "thresholds": _threshold_info(detector, thr, fpr),
-        "counts": {},
-        "workers": n_workers,
-        "batch_size": batch,
-        "recursive": recursive,
-        "resume": resume,
-    }
+    summary = _new_summary(
+        detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, batch_size=batch,
+        recursive=recursive, resume=resume,
+    )  # fmt: skip
     jsonl_path = out_dir / FILE_NAMES["jsonl"]
     previous: _Resume | None = None
     if resume:

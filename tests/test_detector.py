@@ -18,7 +18,8 @@ import torch
 
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
-from ganaudit.export import STATIONARY_BELOW, alignment, scoring_model, torch_outputs
+from ganaudit.export_graph import scoring_model, torch_outputs
+from ganaudit.layout import STATIONARY_BELOW, alignment
 from ganaudit.imaging import preprocess, preprocess_batch
 from ganaudit.scoring import components_of, k_center
 from ganaudit.spec import METADATA_KEY

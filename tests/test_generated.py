@@ -196,7 +196,7 @@ def test_export_writes_one_file_with_the_head_and_its_spec(head_model):
 
 
 def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model, mnist_path):
-    from ganaudit.export import scoring_model, torch_outputs
+    from ganaudit.export_graph import scoring_model, torch_outputs
 
     cfg, nets, _ = load_networks(head_run)
     det = Detector.load(head_model)

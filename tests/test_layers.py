@@ -26,6 +26,7 @@ LAYERS = {
     RUNTIME: ["runtime", "evidence", "reasons", "scan", "scan_writers", "report"],
     TRAINING: [
         "nets", "losses", "train", "datasets", "generated", "aux_generators", "scoring", "calibrate", "export",
+        "export_graph", "export_fit", "export_int8",
         "rundir",
     ],
     AUDIT: ["audit"],
@@ -42,6 +43,7 @@ ALLOWED = {
 # Arrows outside ALLOWED, each with its reason.
 EXCEPTIONS = {
     ("export", "runtime"): "export checks the ONNX graph against torch with the Detector (parity)",
+    ("export_fit", "runtime"): "thresholds and calibrations are fitted on the shipped graph's scores (Detector)",
     ("scoring", "runtime"): "the patch-distance block size is the runtime's PATCH_MATRIX_BYTES",
     ("audit.sources", "datasets"): "the audit loads image sets with the training data loader (torch-free)",
     ("audit.sources", "rundir"): "a training run's files, read without torch",

@@ -231,7 +231,7 @@ def test_every_command_documents_every_option():
 
 def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout(tmp_path, mnist_path):
     from ganaudit import Detector
-    from ganaudit.export import FUSION_WEIGHTS
+    from ganaudit.export_fit import FUSION_WEIGHTS
 
     run, model = tmp_path / "rot", tmp_path / "rot.onnx"
     args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "30", "--encoder-steps", "10", "--batch-size", "16",

@@ -105,6 +105,7 @@ def scan_cmd(
     3 some file unreadable (with --strict, checked first); 4 the report could not be written
     (disk full, permission, not a directory); 5 internal error.
     """
+    # Long by its signature: typer reads the option table from it; the body is short.
     from ..models import resolve_model
     from ..runtime import Detector
     from ..scan import check_options, default_threads, default_workers, parse_formats, scan

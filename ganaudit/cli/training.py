@@ -6,7 +6,7 @@ torch is imported inside the commands, after ``require_training_extra`` has said
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -97,6 +97,8 @@ def train(
     ] = True,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
+    # Long by its signature: typer reads the option table from it; the body is short.
+    options = dict(locals())  # every option by name: TrainConfig takes those named like its fields
     require_training_extra()
     progress = progress_wanted(progress)
     from dataclasses import replace
@@ -105,7 +107,7 @@ def train(
     from ..errors import ConfigError
     from ..rundir import RunDir
     from ..spec import check_size
-    from ..train import TrainConfig, load_config, pick_device
+    from ..train import load_config, pick_device
     from ..train import train as run_training
 
     check_size(size)
@@ -115,16 +117,7 @@ def train(
         if given and not RunDir(out).has_checkpoint():
             raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
     pick_device(device)
-    cfg = TrainConfig(
-        size=size, channels=1 if channels == "auto" else int(channels), fit=fit, loss=loss, steps=steps,
-        encoder_steps=encoder_steps, batch_size=batch_size, seed=seed, z_dim=z_dim, width=width, lr_g=lr_g,
-        lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
-        minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa, rotation=rotation,
-        rotation_g=rotation_g,
-        val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
-        generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
-        head_spectral=head_spectral, head_aux=head_aux, head_aux_steps=head_aux_steps,
-    )  # fmt: skip
+    cfg = config_from_options(options)
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
@@ -150,6 +143,18 @@ def train(
         if headline is not None:
             typer.echo(f"audit: {summary(headline)}; report in {report_dir(out)}", err=True)
     typer.echo(f"run complete: {out}")
+
+
+def config_from_options(options: dict[str, Any]) -> Any:
+    """The TrainConfig of the train command's options: each option named like a TrainConfig field sets it
+    (``--channels auto`` gives 1: the data loader decides; the run records what it found)."""
+    from dataclasses import fields
+
+    from ..train import TrainConfig
+
+    given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
+    given["channels"] = 1 if given["channels"] == "auto" else int(given["channels"])
+    return TrainConfig(**given)
 
 
 def sample(
