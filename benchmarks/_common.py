@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ganaudit.rundir import RunDir
+from ganaudit.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -15,8 +15,8 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 def resolve_model_or_exit(model: str | None) -> Path:
     """The detector to benchmark (a path, a shipped model's name, or None for the default), or exit with why."""
-    from ganaudit.errors import GanauditError
-    from ganaudit.models import resolve_model
+    from ganaudit.core.errors import GanauditError
+    from ganaudit.core.shipped import resolve_model
 
     try:
         path = resolve_model(model)

@@ -33,7 +33,7 @@ from ganaudit.audit.features import embed, extractor
 from ganaudit.audit.gan import Features, audit_features
 from ganaudit.audit.pipeline import class_indices
 from ganaudit.audit.sources import ImageSet, drop_shared, load_images, run_file, sample_run
-from ganaudit.rundir import VALIDATION, RunDir
+from ganaudit.training.rundir import VALIDATION, RunDir
 
 EXPECTED = {"healthy-gan": set(), "ideal": set(), "collapsed": {"collapse"}, "memorising": {"memorisation"},
             "imbalanced": {"imbalance"}, "underfit": {"underfit"}}  # fmt: skip

@@ -33,7 +33,7 @@ def write_idx(path: Path, arr: np.ndarray) -> None:
 
 
 def shuffled_mnist(out: Path, seed: int = 0) -> None:
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     images = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")

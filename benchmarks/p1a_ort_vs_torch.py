@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.export import export
-from ganaudit.export_graph import scoring_model
-from ganaudit.runtime import Detector
-from ganaudit.train import TrainConfig, load_networks, train
+from ganaudit.training.datasets import load_dataset, read_idx
+from ganaudit.training.export import export
+from ganaudit.training.export_graph import scoring_model
+from ganaudit.runtime.detector import Detector
+from ganaudit.training.train import TrainConfig, load_networks, train
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 

@@ -38,7 +38,7 @@ def build_files(folder: Path, n: int, side: int = 28) -> list[str]:
     ``side`` > 28 enlarges each digit (bicubic) to side x side pixels, to measure with decode costs
     closer to those of real photos.
     """
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     if not MNIST.is_file():
         sys.exit(f"error: MNIST not found at {MNIST}")
@@ -92,7 +92,7 @@ def decode_and_score(detector, paths: list[str], workers: int, batch: int) -> tu
 
 def scan_rate(detector, folder: Path, out: Path, workers: int, batch: int, formats: str) -> tuple[float, float, dict]:
     """(images/s, CPU seconds per image, counts) for a full scan of `folder`."""
-    from ganaudit.scan import scan
+    from ganaudit.runtime.scan import scan
 
     t, c = time.perf_counter(), time.process_time()
     result = scan(detector, [folder], out, workers=workers, batch_size=batch, formats=formats)
@@ -115,8 +115,8 @@ def main() -> None:
     args = ap.parse_args()
 
     model = resolve_model_or_exit(args.model)
-    from ganaudit.runtime import Detector
-    from ganaudit.scan import default_threads, default_workers
+    from ganaudit.runtime.detector import Detector
+    from ganaudit.runtime.scan import default_threads, default_workers
 
     workers = args.workers or default_workers()
     threads = args.threads or default_threads(workers)

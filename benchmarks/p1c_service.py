@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ganaudit.runtime import Detector  # noqa: E402
+from ganaudit.runtime.detector import Detector  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 BOUNDARY = b"ganauditp1cboundary"
@@ -49,7 +49,7 @@ BOUNDARY = b"ganauditp1cboundary"
 def load_images(n: int) -> list[bytes]:
     """PNG-encoded MNIST test digits (index >= 8000); random digits-like noise if MNIST is absent."""
     if MNIST.is_file():
-        from ganaudit.datasets import read_idx
+        from ganaudit.training.datasets import read_idx
 
         images = read_idx(MNIST)[8000 : 8000 + n]
     else:

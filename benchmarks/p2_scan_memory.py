@@ -30,7 +30,7 @@ from _common import MNIST, resolve_model_or_exit  # noqa: E402
 
 
 def build(small: Path, large: Path, n_small: int, n_large: int) -> None:
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     if not MNIST.is_file():
         sys.exit(f"error: MNIST not found at {MNIST}")

@@ -23,8 +23,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from _common import MNIST, train_and_export
-from ganaudit.datasets import read_idx
-from ganaudit.runtime import Detector
+from ganaudit.training.datasets import read_idx
+from ganaudit.runtime.detector import Detector
 
 IMAGES, LABELS = MNIST, MNIST.with_name("t10k-labels-idx1-ubyte.gz")
 SPLIT = 8000

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from ganaudit.rundir import RunDir
+from ganaudit.training.rundir import RunDir
 
 from _common import MNIST, ROOT, resolve_model_or_exit
 from q2_generated import GENERATORS, sample_u8
@@ -72,7 +72,7 @@ def noise(n: int, seed: int = 0) -> list[np.ndarray]:
 
 def score_all(det, images: list, batch: int = 256) -> dict[str, np.ndarray]:
     """Ungated generated probability, anomaly score and domain score of every image (Detector.detect)."""
-    from ganaudit.domain import domain_scores
+    from ganaudit.core.domain import domain_scores
 
     g, a, comps = [], [], []
     for i in range(0, len(images), batch):
@@ -94,9 +94,9 @@ def own_samples(model: Path, n: int, seed: int) -> list[np.ndarray]:
     sys.path.insert(0, str(ROOT / "models"))
     from fit_domain_gate import networks_from_file
 
-    from ganaudit.generated import to_uint8
-    from ganaudit.spec import METADATA_KEY
-    from ganaudit.train import TrainConfig
+    from ganaudit.training.generated import to_uint8
+    from ganaudit.core.spec import METADATA_KEY
+    from ganaudit.training.train import TrainConfig
 
     proto = onnx.load(str(model))
     spec = json.loads(next(p.value for p in proto.metadata_props if p.key == METADATA_KEY))
@@ -125,8 +125,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ganaudit.datasets import read_idx
-    from ganaudit.runtime import Detector
+    from ganaudit.training.datasets import read_idx
+    from ganaudit.runtime.detector import Detector
 
     t0 = time.perf_counter()
     model = resolve_model_or_exit(args.model)

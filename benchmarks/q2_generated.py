@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ganaudit.rundir import RunDir
+from ganaudit.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -77,7 +77,7 @@ def ganaudit(*args: str) -> list[str]:
 
 
 def train_generator(work: Path, name: str, opts: list[str], steps: int) -> Path:
-    from ganaudit.train import load_checkpoint
+    from ganaudit.training.train import load_checkpoint
 
     out = work / "generators" / name
     ckpt = RunDir(out).checkpoint
@@ -93,8 +93,8 @@ def train_detector(
     work: Path, steps: int, encoder_steps: int, head_steps: int, width: int, spectral: bool = True
 ) -> tuple[Path, dict[str, float]]:
     """Train through the Python API in three segments (GAN, encoder, head) to time each phase side by side."""
-    from ganaudit.datasets import load_dataset
-    from ganaudit.train import TrainConfig, load_checkpoint, train
+    from ganaudit.training.datasets import load_dataset
+    from ganaudit.training.train import TrainConfig, load_checkpoint, train
 
     suffix = "" if spectral else "-nospectral"
     out = work / f"detector{suffix}"
@@ -118,8 +118,8 @@ def train_detector(
 def head_cost(work: Path, n: int) -> dict[str, float]:
     """Seconds per step of each phase at the default `ganaudit train` settings (32x32, width 32, batch 64),
     timed side by side in one process, and the head's share projected for the default numbers of steps."""
-    from ganaudit.datasets import load_dataset
-    from ganaudit.train import TrainConfig, train
+    from ganaudit.training.datasets import load_dataset
+    from ganaudit.training.train import TrainConfig, train
 
     out, cached = work / "cost", work / f"cost_{n}.json"
     if cached.is_file():
@@ -146,8 +146,8 @@ def head_cost(work: Path, n: int) -> dict[str, float]:
 
 
 def sample_u8(run_dir: Path, n: int, seed: int) -> list[np.ndarray]:
-    from ganaudit.generated import to_uint8
-    from ganaudit.train import sample
+    from ganaudit.training.generated import to_uint8
+    from ganaudit.training.train import sample
 
     return list(to_uint8(sample(run_dir, n, seed=seed)))
 
@@ -162,7 +162,7 @@ def scores(det, images: list[np.ndarray], kind: str, batch: int = 256) -> np.nda
 
 def downscaled_scores(det, images: list[np.ndarray], kind: str, batch: int = 256) -> np.ndarray:
     """Lever check: the head fed the whole image shrunk to the model size instead of its native-scale crops."""
-    from ganaudit.thresholds import apply_calibration
+    from ganaudit.core.thresholds import apply_calibration
 
     out = []
     for i in range(0, len(images), batch):
@@ -204,8 +204,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ganaudit.datasets import read_idx
-    from ganaudit.runtime import Detector
+    from ganaudit.training.datasets import read_idx
+    from ganaudit.runtime.detector import Detector
 
     # steps of each test GAN; detector GAN / encoder / head steps and width
     gen_steps, det_steps, enc_steps, head_steps, width = (

@@ -26,12 +26,12 @@ import torch
 from _common import MNIST
 from q2_generated import PERTURBATIONS, metrics, sample_u8, scores
 
-import ganaudit.generated as generated
-from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.export import export
-from ganaudit.rundir import SAMPLES, RunDir
-from ganaudit.runtime import Detector
-from ganaudit.train import load_config, train
+import ganaudit.training.generated as generated
+from ganaudit.training.datasets import load_dataset, read_idx
+from ganaudit.training.export import export
+from ganaudit.training.rundir import SAMPLES, RunDir
+from ganaudit.runtime.detector import Detector
+from ganaudit.training.train import load_config, train
 
 N_DEV = 800
 

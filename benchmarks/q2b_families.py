@@ -79,7 +79,7 @@ def _cifar_members(n_train: int):
 def load_real(data: str, n_cifar_train: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) uint8 NHWC: MNIST index < 8000 / >= 8000, or the CIFAR-10 training subset / test split."""
     if data == "mnist":
-        from ganaudit.datasets import read_idx
+        from ganaudit.training.datasets import read_idx
 
         x = read_idx(MNIST)[:, :, :, None]
         return x[:8000], x[8000:]
@@ -258,7 +258,7 @@ def scores(det, images: np.ndarray, kind: str, batch: int = 256) -> np.ndarray:
 def evaluate(models: dict[str, Path], real: np.ndarray, fakes: dict[str, np.ndarray], kinds: list[str],
              threads: int) -> dict[str, dict]:  # fmt: skip
     """Per family: the metrics of its detector (clean and each perturbation) and that detector's threshold."""
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     res: dict[str, dict] = {}
     cache: dict[Path, tuple] = {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganaudit.rundir import AUX_POOL, SAMPLES, RunDir
+from ganaudit.training.rundir import AUX_POOL, SAMPLES, RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from q2_generated import metrics, scores  # noqa: E402
@@ -45,8 +45,8 @@ FOLDS = "nearest+bilinear,transposed+vae,pixelshuffle+mlp"
 
 def validation_images(run: Path, data: str) -> list[np.ndarray]:
     """The run's held-out validation images as decoded uint8 (MNIST ids hold the source index, folders a path)."""
-    from ganaudit.datasets import read_idx
-    from ganaudit.imaging import decode
+    from ganaudit.training.datasets import read_idx
+    from ganaudit.core.imaging import decode
 
     ids = RunDir(run).read_info()["validation_ids"]
     if ids and ids[0].endswith("]"):
@@ -87,8 +87,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from ganaudit.export import export
-    from ganaudit.runtime import Detector
+    from ganaudit.training.export import export
+    from ganaudit.runtime.detector import Detector
 
     args.work.mkdir(parents=True, exist_ok=True)
     reals = validation_images(args.run, args.data)[:N_DEV]

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import train_and_export  # noqa: E402
-from ganaudit.report import heat_overlay  # noqa: E402
-from ganaudit.runtime import Detector  # noqa: E402
+from ganaudit.runtime.report import heat_overlay  # noqa: E402
+from ganaudit.runtime.detector import Detector  # noqa: E402
 
 PATCH = 32
 N_TRAIN_PATCHES = 2000

@@ -29,8 +29,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from _common import ROOT, train_and_export
 from q1_mnist import baselines
-from ganaudit.imaging import decode
-from ganaudit.runtime import Detector
+from ganaudit.core.imaging import decode
+from ganaudit.runtime.detector import Detector
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpg.tar.gz"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -79,8 +79,8 @@ def dev_study(run: Path, others: list[bytes]) -> dict[str, float]:
     """Dev-split AUROC of each component and of each CANDIDATES weighting (see the module docstring)."""
     from score_levers import z_scorer
 
-    from ganaudit.imaging import preprocess_batch
-    from ganaudit.scoring import COMPONENTS
+    from ganaudit.core.imaging import preprocess_batch
+    from ganaudit.training.scoring import COMPONENTS
 
     cfg, val, z_of = z_scorer(run)
     dev = np.concatenate([z_of(val), z_of(preprocess_batch([decode(b) for b in others], cfg.preprocess))])

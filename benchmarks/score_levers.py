@@ -37,12 +37,12 @@ from sklearn.metrics import roc_auc_score
 
 from _common import MNIST
 from q3_textures import DEFECTS, make_test_set, paste_defect, split_regions, texture
-from ganaudit.datasets import read_idx
-from ganaudit.export_fit import FUSION_WEIGHTS, fit_fusion, fusion_table
-from ganaudit.export_graph import scoring_model
-from ganaudit.imaging import preprocess_batch
-from ganaudit.rundir import RunDir
-from ganaudit.train import load_networks
+from ganaudit.training.datasets import read_idx
+from ganaudit.training.export_fit import FUSION_WEIGHTS, fit_fusion, fusion_table
+from ganaudit.training.export_graph import scoring_model
+from ganaudit.core.imaging import preprocess_batch
+from ganaudit.training.rundir import RunDir
+from ganaudit.training.train import load_networks
 
 SPLIT = 8000
 N_DEV_ANOMALIES = 1500
@@ -91,7 +91,7 @@ def texture_data(run: Path, name: str, rng: np.random.Generator):
 def cifar_data(run: Path, c: int, train: tuple, test: tuple, rng: np.random.Generator):
     """(dev z-scores, dev truth, test z-scores, test truth) for one trained Q4 run."""
     from q4_cifar import DEV_OTHERS
-    from ganaudit.imaging import decode
+    from ganaudit.core.imaging import decode
 
     (tr_data, tr_y, _), (te_data, te_y, _) = train, test
     cfg, val, z = z_scorer(run)

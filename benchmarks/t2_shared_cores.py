@@ -26,7 +26,7 @@ SETTINGS = {
 
 CHILD = """
 import sys, time, torch
-from ganaudit.nets import Discriminator, Generator
+from ganaudit.training.nets import Discriminator, Generator
 torch.manual_seed(0)
 D, G = Discriminator(32, 1, 32), Generator(32, 1, 64, 32)
 opt = torch.optim.Adam([*D.parameters(), *G.parameters()], 1e-4)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from ganaudit import Detector
-from ganaudit.models import resolve_model
-from ganaudit.runtime import Verdict
+from ganaudit.core.shipped import resolve_model
+from ganaudit.runtime.detector import Verdict
 
 ALLOW, REVIEW, BLOCK = "allow", "review", "block"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

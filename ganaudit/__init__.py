@@ -16,7 +16,7 @@ import os as _os
 # user exported wins; images above it fail with a message naming the variable.
 _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "64000000")
 
-from .errors import ConfigError, GanauditError, ImageDecodeError, ModelFormatError  # noqa: E402
+from .core.errors import ConfigError, GanauditError, ImageDecodeError, ModelFormatError  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -88,8 +88,8 @@ def noise(seed: int = 0, n: int = 50) -> dict[str, np.ndarray]:
 
 
 def generated(run: Path, n: int = 500, seed: int = 12345) -> dict[str, np.ndarray]:
-    from ganaudit.grid import to_uint8
-    from ganaudit.train import sample
+    from ganaudit.core.grid import to_uint8
+    from ganaudit.training.train import sample
 
     return {f"gan_{i}": t for i, t in enumerate(to_uint8(sample(run, n, seed)))}
 
@@ -158,7 +158,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from ganaudit import Detector
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     detector = Detector.load(args.model)
     real = list(read_idx(args.mnist)[TEST_START:])

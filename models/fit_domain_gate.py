@@ -1,6 +1,6 @@
 """Fit the domain gate of the shipped digits model in place, from what the model file holds (no run directory).
 
-The gate (ganaudit/domain.py) is normally fitted by `ganaudit export` on the run's normal validation images and
+The gate (ganaudit/core/domain.py) is normally fitted by `ganaudit export` on the run's normal validation images and
 held-out fakes of its own generator. The shipped ganaudit/models/digits.onnx predates the gate, and its run
 directory is not shipped; but the file carries everything needed to redo that step exactly:
 
@@ -29,14 +29,14 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ganaudit.atomic import atomic_write
-from ganaudit.datasets import read_idx, split_validation
-from ganaudit.domain import DOMAIN_COVERAGE, fit_gate
-from ganaudit.generated import PoolSources, crops_of, fake_pool
-from ganaudit.imaging import preprocess
-from ganaudit.runtime import Detector
-from ganaudit.spec import METADATA_KEY
-from ganaudit.train import TrainConfig, build_networks
+from ganaudit.core.atomic import atomic_write
+from ganaudit.training.datasets import read_idx, split_validation
+from ganaudit.core.domain import DOMAIN_COVERAGE, fit_gate
+from ganaudit.training.generated import PoolSources, crops_of, fake_pool
+from ganaudit.core.imaging import preprocess
+from ganaudit.runtime.detector import Detector
+from ganaudit.core.spec import METADATA_KEY
+from ganaudit.training.train import TrainConfig, build_networks
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ganaudit.atomic import atomic_write
-from ganaudit.datasets import read_idx
-from ganaudit.grid import encode_png, to_uint8
+from ganaudit.core.atomic import atomic_write
+from ganaudit.training.datasets import read_idx
+from ganaudit.core.grid import encode_png, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -81,7 +81,7 @@ def noise(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def generated(run: Path, n: int, seed: int) -> dict[str, np.ndarray]:
-    from ganaudit.train import sample
+    from ganaudit.training.train import sample
 
     tiles = to_uint8(sample(run, n, seed))
     return {f"gan_digit_{i:02d}.png": t for i, t in enumerate(tiles)}

@@ -20,7 +20,7 @@ def without_generated_head(src: Path, dst: Path) -> Path:
     ``--no-generated-head`` has none): the head is left out of ``heads``, ``outputs``, thresholds, quantiles
     and calibration. The graph is unchanged; the runtime ignores outputs its spec does not name."""
     onnx = pytest.importorskip("onnx")
-    from ganaudit.spec import METADATA_KEY
+    from ganaudit.core.spec import METADATA_KEY
 
     model = onnx.load(str(src))
     for prop in model.metadata_props:
@@ -60,7 +60,7 @@ def head_run(tmp_path_factory, mnist_path) -> Path:
 @pytest.fixture(scope="session")
 def head_model(head_run, tmp_path_factory) -> Path:
     """The tiny run with both heads exported to ONNX, named ``tiny-head``."""
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     from .conftest import run_cli
 
@@ -75,7 +75,7 @@ def head_model(head_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def no_head_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny detector without a generated-image head (whatever the session's tiny model carries)."""
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     path = without_generated_head(tiny_model, tmp_path_factory.mktemp("models-nohead") / "tiny-nohead.onnx")
     det = Detector.load(path)

@@ -56,7 +56,7 @@ def tiny_model(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mnist_test_images(mnist_path) -> tuple[np.ndarray, np.ndarray]:
     """Real MNIST images with index >= 8000 (never trained on) and their labels."""
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     images = read_idx(mnist_path)[8000:8400]
     labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[8000:8400]

@@ -135,7 +135,7 @@ def test_a_few_repeated_images_trip_collapse_and_explain_the_class_imbalance(tmp
 
 
 def test_missing_classes_trip_imbalance_and_count_as_zero(tmp_path, mnist_path, mnist_arrays):
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[600:1200]
     keep = np.flatnonzero(labels >= 3)  # classes 0, 1, 2 missing
@@ -154,7 +154,7 @@ def test_blurred_images_trip_underfit(tmp_path, mnist_path, mnist_arrays):
 
 
 def test_folder_labels_from_csv_and_unreadable_files_are_left_out(tmp_path, mnist_path):
-    from ganaudit.datasets import read_idx
+    from ganaudit.training.datasets import read_idx
 
     images = read_idx(mnist_path)[:300]
     labels = read_idx(mnist_path.with_name("t10k-labels-idx1-ubyte.gz"))[:300]
@@ -238,7 +238,7 @@ def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny
 
 
 def test_training_ends_with_an_audit_and_export_copies_its_headline(tiny_run, tiny_model):
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     saved = json.loads((tiny_run / "audit" / "audit.json").read_text())
     head = saved["headline"]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import torch
 
-from ganaudit.rundir import AUX_POOL as AUX_DIR
-from ganaudit.runtime import Detector
-from ganaudit.train import load_checkpoint
+from ganaudit.training.rundir import AUX_POOL as AUX_DIR
+from ganaudit.runtime.detector import Detector
+from ganaudit.training.train import load_checkpoint
 
 from .conftest import run_cli
 

@@ -67,12 +67,12 @@ def test_disk_full_is_exit_4(images, tiny_model, tmp_path, monkeypatch):
 
 
 def test_unexpected_exception_is_one_line_and_exit_5(images, tiny_model, tmp_path, monkeypatch):
-    import ganaudit.scan
+    import ganaudit.runtime.scan
 
     def broken(*args, **kwargs):
         raise ValueError("x" * 10_000)
 
-    monkeypatch.setattr(ganaudit.scan, "scan", broken)
+    monkeypatch.setattr(ganaudit.runtime.scan, "scan", broken)
     res = run_cli("scan", images, "--model", tiny_model, "--out", tmp_path / "report")
     one_line_error(res, 5, "internal error (ValueError")
     assert len(res.stderr) < 600  # a long message is cut

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_models_lists_the_shipped_default():
     from ganaudit import Detector
-    from ganaudit.models import DEFAULT_MODEL, shipped_models
+    from ganaudit.core.shipped import DEFAULT_MODEL, shipped_models
 
     models = shipped_models()
     assert DEFAULT_MODEL in models, "the default model must ship in ganaudit/models/"
@@ -45,11 +45,11 @@ def test_models_lists_the_shipped_default():
 
 
 def test_models_reports_a_broken_file_and_an_empty_folder(tmp_path, monkeypatch, tiny_model):
-    import ganaudit.models
+    import ganaudit.core.shipped
 
     shutil.copy(tiny_model, tmp_path / "tiny.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
-    monkeypatch.setattr(ganaudit.models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(ganaudit.core.shipped, "MODELS_DIR", tmp_path)
     res = run_cli("models", "--json")
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)}
@@ -59,7 +59,7 @@ def test_models_reports_a_broken_file_and_an_empty_folder(tmp_path, monkeypatch,
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(ganaudit.models, "MODELS_DIR", empty)
+    monkeypatch.setattr(ganaudit.core.shipped, "MODELS_DIR", empty)
     res = run_cli("models")
     assert res.exit_code == 0
     assert res.stdout == "" and "no shipped models" in res.stderr
@@ -91,7 +91,7 @@ def test_wheel_ships_the_models(tmp_path):
 
 
 def test_every_shipped_model_has_a_model_card_in_the_docs():
-    from ganaudit.models import shipped_models
+    from ganaudit.core.shipped import shipped_models
 
     page = (ROOT / "docs" / "models.md").read_text()
     for name in shipped_models():
@@ -106,8 +106,8 @@ def test_every_shipped_model_has_a_model_card_in_the_docs():
 
 def test_the_shipped_patch_bank_model_splits_a_batch_into_bounded_calls_with_the_same_results(mnist_test_images):
     from ganaudit import Detector
-    from ganaudit.imaging import preprocess_batch
-    from ganaudit.models import DEFAULT_MODEL, shipped_models
+    from ganaudit.core.imaging import preprocess_batch
+    from ganaudit.core.shipped import DEFAULT_MODEL, shipped_models
 
     det = Detector.load(shipped_models()[DEFAULT_MODEL])
     assert det.spec.scoring["patch_bank_size"] == 4096 and det.spec.preprocess.size == 32

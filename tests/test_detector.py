@@ -18,12 +18,12 @@ import torch
 
 import ganaudit
 from ganaudit import Detector, ModelFormatError, Verdict
-from ganaudit.export_graph import scoring_model, torch_outputs
-from ganaudit.layout import STATIONARY_BELOW, alignment
-from ganaudit.imaging import preprocess, preprocess_batch
-from ganaudit.scoring import components_of, k_center
-from ganaudit.spec import METADATA_KEY
-from ganaudit.train import load_networks
+from ganaudit.training.export_graph import scoring_model, torch_outputs
+from ganaudit.core.layout import STATIONARY_BELOW, alignment
+from ganaudit.core.imaging import preprocess, preprocess_batch
+from ganaudit.training.scoring import components_of, k_center
+from ganaudit.core.spec import METADATA_KEY
+from ganaudit.training.train import load_networks
 
 from .conftest import run_cli
 
@@ -124,7 +124,7 @@ def test_percentile_matches_the_validation_scores(tiny_run, detector):
     val = np.load(tiny_run / "validation.npy")
     scores = detector.run(val)["anomaly_score"]
     median = float(np.median(scores))
-    v = detector.score_prepared([ganaudit.runtime.Prepared(val[0], 16, 16)])[0]
+    v = detector.score_prepared([ganaudit.runtime.detector.Prepared(val[0], 16, 16)])[0]
     expected = 100 * np.mean(scores < v.anomaly_score)
     assert abs(v.anomaly_percentile - expected) <= 100 / len(scores) + 1
     assert detector.resolve_thresholds(fpr=0.5).anomaly == pytest.approx(median, rel=0.05)
@@ -214,7 +214,7 @@ def test_info_prints_the_spec(tiny_model):
 
 
 def test_spec_hash_is_that_of_the_stored_text_so_new_spec_fields_do_not_change_it():
-    from ganaudit.spec import ModelSpec
+    from ganaudit.core.spec import ModelSpec
 
     stored = json.dumps({"format_version": 1, "name": "old", "preprocess": {"size": 16, "channels": 1},
                          "heads": ["anomaly"], "outputs": ["anomaly_score"]})  # fmt: skip
@@ -231,7 +231,7 @@ def test_export_refuses_an_incomplete_run(tmp_path):
 
 
 def test_export_refuses_to_write_when_parity_fails(tiny_run, tmp_path, monkeypatch):
-    import ganaudit.export as ex
+    import ganaudit.training.export as ex
 
     real = ex.torch_outputs
     monkeypatch.setattr(ex, "torch_outputs", lambda *a, **k: {k_: v + 1e-2 for k_, v in real(*a, **k).items()})
@@ -370,8 +370,8 @@ def test_known_anomalies_calibrate_anomaly_probability(tiny_run, tiny_model, tmp
 
 
 def test_export_refuses_an_unfinished_run_unless_partial(tmp_path):
-    from ganaudit.datasets import load_dataset
-    from ganaudit.train import TrainConfig, train
+    from ganaudit.training.datasets import load_dataset
+    from ganaudit.training.train import TrainConfig, train
 
     cfg = TrainConfig(size=16, width=8, z_dim=8, batch_size=16, steps=10, encoder_steps=10)
     run = train(cfg, load_dataset("sklearn:digits?label=1", size=16), tmp_path / "r", progress=False, stop_at=12)
@@ -383,7 +383,7 @@ def test_export_refuses_an_unfinished_run_unless_partial(tmp_path):
 
 
 def test_an_image_that_fails_preprocessing_is_an_error_verdict_not_a_failed_batch(detector, mnist_test_images, monkeypatch):
-    import ganaudit.runtime as runtime
+    import ganaudit.runtime.detector as runtime
 
     real = runtime.preprocess
 

@@ -39,7 +39,7 @@ def _group(name: str) -> str:
 @pytest.fixture(scope="module")
 def default_detector():
     from ganaudit import Detector
-    from ganaudit.models import resolve_model
+    from ganaudit.core.shipped import resolve_model
 
     try:
         path = resolve_model(None)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganaudit.errors import ConfigError
-from ganaudit.files import Candidate, WalkStats, display_path, iter_files
-from ganaudit.imaging import decode
+from ganaudit.core.errors import ConfigError
+from ganaudit.core.files import Candidate, WalkStats, display_path, iter_files
+from ganaudit.core.imaging import decode
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
 

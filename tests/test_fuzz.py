@@ -23,9 +23,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ganaudit.errors import ImageDecodeError, ModelFormatError  # noqa: E402
-from ganaudit.imaging import decode  # noqa: E402
-from ganaudit.spec import ModelSpec  # noqa: E402
+from ganaudit.core.errors import ImageDecodeError, ModelFormatError  # noqa: E402
+from ganaudit.core.imaging import decode  # noqa: E402
+from ganaudit.core.spec import ModelSpec  # noqa: E402
 
 def seeded(n: int) -> settings:
     """Repeatable (derandomized), bounded to ``n`` examples, no example database written."""
@@ -102,8 +102,8 @@ JSON = st.recursive(
 
 @pytest.fixture(scope="module")
 def real_spec() -> dict:
-    from ganaudit.models import shipped_models
-    from ganaudit.runtime import Detector
+    from ganaudit.core.shipped import shipped_models
+    from ganaudit.runtime.detector import Detector
 
     if "digits" not in shipped_models():
         pytest.skip("the shipped digits model is not installed")
@@ -147,7 +147,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 def _schema(api_key):
     """The service's own OpenAPI schema, loaded from the app; each call runs the app's lifespan in-process."""
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
     from ganaudit.service.app import ServiceSettings, create_app
 
     app = create_app(Detector.load("digits"), ServiceSettings(warmup=False, api_key=api_key, timeout_s=10))

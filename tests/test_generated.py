@@ -10,14 +10,14 @@ import onnx
 import pytest
 import torch
 
-from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.generated import RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
-from ganaudit.imaging import native_crops, native_regions, preprocess
-from ganaudit.nets import Discriminator
-from ganaudit.runtime import Detector
-from ganaudit.spec import ModelSpec, PreprocessSpec
-from ganaudit.train import TrainConfig, load_checkpoint, load_networks, sample
-from ganaudit.train import train as run_training
+from ganaudit.training.datasets import load_dataset, read_idx
+from ganaudit.training.generated import RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
+from ganaudit.core.imaging import native_crops, native_regions, preprocess
+from ganaudit.training.nets import Discriminator
+from ganaudit.runtime.detector import Detector
+from ganaudit.core.spec import ModelSpec, PreprocessSpec
+from ganaudit.training.train import TrainConfig, load_checkpoint, load_networks, sample
+from ganaudit.training.train import train as run_training
 
 from .conftest import run_cli
 
@@ -196,7 +196,7 @@ def test_export_writes_one_file_with_the_head_and_its_spec(head_model):
 
 
 def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model, mnist_path):
-    from ganaudit.export_graph import scoring_model, torch_outputs
+    from ganaudit.training.export_graph import scoring_model, torch_outputs
 
     cfg, nets, _ = load_networks(head_run)
     det = Detector.load(head_model)
@@ -228,7 +228,7 @@ def test_detector_scores_large_images_on_their_native_crops(head_run, head_model
 
 
 def test_thin_images_are_cropped_without_enlarging_them_whole(head_model, mnist_path, monkeypatch):
-    import ganaudit.imaging as imaging
+    import ganaudit.core.imaging as imaging
 
     rng = np.random.default_rng(3)
     thin = rng.integers(0, 256, (4, 300), dtype=np.uint8)  # enlarged 4x: 16 x 1200

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganaudit.errors import ImageDecodeError
-from ganaudit.imaging import (
+from ganaudit.core.errors import ImageDecodeError
+from ganaudit.core.imaging import (
     EXTRA_FORMATS_ENV,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -27,7 +27,7 @@ from ganaudit.imaging import (
     preprocess,
     preprocess_batch,
 )
-from ganaudit.spec import PreprocessSpec
+from ganaudit.core.spec import PreprocessSpec
 
 from ._bombs import BOMBS
 
@@ -187,10 +187,10 @@ def test_every_exif_orientation_matches_opencv(orientation, fmt, mode):
 
 def test_exif_orientation_without_imdecode_with_metadata(monkeypatch):
     """Older OpenCV builds: the JPEG EXIF block is parsed by hand."""
-    import ganaudit.imaging
+    import ganaudit.core.imaging
 
     monkeypatch.delattr(cv2, "imdecodeWithMetadata", raising=False)
-    monkeypatch.setattr(ganaudit.imaging, "_METADATA_DECODE", False)  # 4.12's other signature goes this way too
+    monkeypatch.setattr(ganaudit.core.imaging, "_METADATA_DECODE", False)  # 4.12's other signature goes this way too
     out = decode(encode(red_blue(40, 20), "JPEG", exif=exif_with_orientation(8), quality=95))
     assert out.shape == (40, 20, 3)
     np.testing.assert_allclose(out[-3, 10], RED, atol=6)  # orientation 8 = 90 degrees counter-clockwise
@@ -433,7 +433,7 @@ def test_opencv_pixel_ceiling_is_a_second_wall(tmp_path):
     code = textwrap.dedent(
         """
         import os, numpy as np
-        import ganaudit.imaging as im
+        import ganaudit.core.imaging as im
         print(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
         os.environ.pop("OPENCV_IO_MAX_IMAGE_PIXELS")
         import cv2

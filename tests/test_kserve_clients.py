@@ -16,7 +16,7 @@ import pytest
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from ganaudit.runtime import Detector  # noqa: E402
+from ganaudit.runtime.detector import Detector  # noqa: E402
 
 from .test_examples import server  # noqa: E402,F401 - the real `ganaudit serve` fixture
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ganaudit import losses
-from ganaudit.nets import Discriminator, Generator
+from ganaudit.training import losses
+from ganaudit.training.nets import Discriminator, Generator
 
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))

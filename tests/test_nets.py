@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ganaudit.errors import ConfigError
-from ganaudit.nets import Discriminator, Encoder, Generator
+from ganaudit.core.errors import ConfigError
+from ganaudit.training.nets import Discriminator, Encoder, Generator
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
@@ -63,7 +63,7 @@ def test_without_spectral_norm_is_equivalent_and_leaves_the_original_intact():
 
 
 def test_rotate4_turns_like_rot90_and_rotation_targets_match_it():
-    from ganaudit.nets import rotate4, rotation_targets
+    from ganaudit.training.nets import rotate4, rotation_targets
 
     x = torch.randn(3, 2, 5, 5)
     turned = rotate4(x)

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ganaudit.errors import ConfigError, ModelFormatError
-from ganaudit.models import shipped_models
-from ganaudit.runtime import Detector
+from ganaudit.core.errors import ConfigError, ModelFormatError
+from ganaudit.core.shipped import shipped_models
+from ganaudit.runtime.detector import Detector
 
 from .conftest import run_cli
 
@@ -106,7 +106,7 @@ def test_csv_cells_that_start_a_formula_are_neutralised_and_jsonl_stays_raw(tiny
 
 
 def test_paths_are_reversible_to_their_bytes_and_never_collide(tiny_model, tmp_path):
-    from ganaudit.files import path_bytes
+    from ganaudit.core.files import path_bytes
 
     if sys.platform == "win32":
         pytest.skip("POSIX file names")

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from ganaudit.report import (
+from ganaudit.runtime.report import (
     ROW_FIELDS,
     CsvWriter,
     FlaggedImage,

@@ -1,4 +1,4 @@
-"""The run directory's files, named once in ganaudit.rundir: a trained run has them where training, export and the
+"""The run directory's files, named once in ganaudit.training.rundir: a trained run has them where training, export and the
 audit look for them."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from ganaudit.errors import ModelFormatError
-from ganaudit.rundir import RunDir
+from ganaudit.core.errors import ModelFormatError
+from ganaudit.training.rundir import RunDir
 
 
 def test_a_trained_run_has_every_file_its_readers_expect(tiny_run):

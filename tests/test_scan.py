@@ -22,8 +22,8 @@ from PIL import Image
 
 from ._bombs import BOMBS
 from .conftest import run_cli
-from ganaudit.report import COLUMNS, ROW_FIELDS
-from ganaudit.runtime import Detector
+from ganaudit.runtime.report import COLUMNS, ROW_FIELDS
+from ganaudit.runtime.detector import Detector
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system features")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -119,7 +119,7 @@ def unreadable_for_root():
         return
     import builtins
 
-    import ganaudit.scan as scan_mod
+    import ganaudit.runtime.scan as scan_mod
 
     real_open = builtins.open
 
@@ -128,7 +128,7 @@ def unreadable_for_root():
             raise PermissionError(13, "Permission denied", os.fspath(file))
         return real_open(file, *args, **kwargs)
 
-    scan_mod.open = fake_open  # module global shadows the builtin inside ganaudit.scan only
+    scan_mod.open = fake_open  # module global shadows the builtin inside ganaudit.runtime.scan only
     yield
     del scan_mod.open
 
@@ -204,7 +204,7 @@ def test_one_row_per_candidate_with_status_and_reason(first_scan, tree, det):
 
 
 def test_rows_follow_the_walk_order_and_csv_matches_jsonl(first_scan, tree):
-    from ganaudit.files import display_path, iter_files
+    from ganaudit.core.files import display_path, iter_files
 
     _, out = first_scan
     rows = read_jsonl(out / "results.jsonl")
@@ -237,7 +237,7 @@ def test_sha256_and_size_are_of_the_file_bytes(first_scan, tree):
 
 
 def test_summary_json(first_scan, tree, tiny_model):
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     _, out = first_scan
     s = json.loads((out / "summary.json").read_text())
@@ -348,9 +348,9 @@ def test_exit_2_usage_and_model_errors(args, phrase, tree, tiny_model, no_head_m
 
 
 def test_exit_2_without_model_when_none_is_shipped(tree, tmp_path, monkeypatch):
-    import ganaudit.models
+    import ganaudit.core.shipped
 
-    monkeypatch.setattr(ganaudit.models, "MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setattr(ganaudit.core.shipped, "MODELS_DIR", tmp_path / "no-models")
     res = run_cli("scan", tree / "odd", "-o", tmp_path / "out")
     assert res.exit_code == 2 and "--model" in res.stderr
 
@@ -450,7 +450,7 @@ def test_no_recursive_stays_at_the_top(tree, tiny_model, tmp_path):
 @pytest.fixture
 def count_scored(monkeypatch):
     """Count images scored by the pipeline (heat maps for the report, include_map=True, not counted)."""
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     seen: list[int] = []
     real = Detector.score_prepared
@@ -509,8 +509,8 @@ def test_resume_refuses_results_from_another_threshold(first_scan, tree, tiny_mo
 
 
 def test_interrupted_scan_leaves_valid_partial_files_and_resume_finishes(tree, tiny_model, tmp_path, count_scored):
-    from ganaudit.runtime import Detector
-    from ganaudit.scan import scan
+    from ganaudit.runtime.detector import Detector
+    from ganaudit.runtime.scan import scan
 
     det = Detector.load(tiny_model)
     out = tmp_path / "o"
@@ -586,9 +586,9 @@ def test_scan_runs_with_torch_unimportable(tree, tiny_model, tmp_path):
         f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
-        import ganaudit.scan, ganaudit.report, ganaudit.cli.scan
-        from ganaudit.runtime import Detector
-        result = ganaudit.scan.scan(Detector.load({str(tiny_model)!r}), [{str(tree / "odd")!r}], {str(tmp_path / "o")!r})
+        import ganaudit.runtime.scan, ganaudit.runtime.report, ganaudit.cli.scan
+        from ganaudit.runtime.detector import Detector
+        result = ganaudit.runtime.scan.scan(Detector.load({str(tiny_model)!r}), [{str(tree / "odd")!r}], {str(tmp_path / "o")!r})
         assert result.counts["ok"] == {len(GOOD) + 1}, result.counts
         assert sys.modules["torch"] is None
         print("OK")
@@ -601,7 +601,7 @@ def test_scan_runs_with_torch_unimportable(tree, tiny_model, tmp_path):
 
 def test_report_keeps_the_top_flags_of_each_head():
     """With top_k smaller than the flagged count, generated-only flags are not crowded out by anomaly flags."""
-    from ganaudit.scan import _Tally
+    from ganaudit.runtime.scan import _Tally
 
     tally = _Tally(top_k=4)
     for i in range(10):  # anomaly-flagged, rising anomaly score

@@ -35,7 +35,7 @@ with warnings.catch_warnings():  # Starlette 1.x warns that its TestClient wants
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from ganaudit.runtime import Detector  # noqa: E402
+from ganaudit.runtime.detector import Detector  # noqa: E402
 from ganaudit.service.app import ServiceSettings, create_app  # noqa: E402
 from ganaudit.service.batcher import BatcherClosed, MicroBatcher  # noqa: E402
 
@@ -753,7 +753,7 @@ def test_service_imports_and_serves_without_torch(tiny_model, digits, tmp_path):
         warnings.simplefilter("ignore")
         sys.modules["torch"] = None  # any `import torch` now fails
         from fastapi.testclient import TestClient
-        from ganaudit.runtime import Detector
+        from ganaudit.runtime.detector import Detector
         from ganaudit.service.app import create_app, ServiceSettings
         from ganaudit.cli import app as cli_app  # the CLI (with serve registered) imports without torch too
         app = create_app(Detector.load({str(tiny_model)!r}), ServiceSettings(warmup=False))

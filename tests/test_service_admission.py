@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from ganaudit.imaging import image_size  # noqa: E402
+from ganaudit.core.imaging import image_size  # noqa: E402
 from ganaudit.service.app import ServiceSettings, create_app  # noqa: E402
 
 from ._bombs import BOMBS  # noqa: E402
@@ -177,7 +177,7 @@ def test_bombs_in_unread_formats_are_refused_by_the_service(detector, name):
 
 @pytest.fixture(scope="module")
 def detector(tiny_model):
-    from ganaudit.runtime import Detector
+    from ganaudit.runtime.detector import Detector
 
     return Detector.load(tiny_model)
 

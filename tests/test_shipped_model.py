@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ganaudit.models import shipped_models
-from ganaudit.runtime import Detector
+from ganaudit.core.shipped import shipped_models
+from ganaudit.runtime.detector import Detector
 
 from .conftest import run_cli
 

@@ -10,10 +10,10 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from ganaudit.errors import ModelFormatError  # noqa: E402
-from ganaudit.runtime import Detector  # noqa: E402
-from ganaudit.spec import METADATA_KEY  # noqa: E402
-from ganaudit.spec_schema import json_schema  # noqa: E402
+from ganaudit.core.errors import ModelFormatError  # noqa: E402
+from ganaudit.runtime.detector import Detector  # noqa: E402
+from ganaudit.core.spec import METADATA_KEY  # noqa: E402
+from ganaudit.core.spec_schema import json_schema  # noqa: E402
 
 from .conftest import run_cli  # noqa: E402
 
@@ -90,4 +90,4 @@ def test_the_published_schema_is_the_one_the_code_checks():
     text = (ROOT / "docs" / "model-format.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- spec-schema -->\n```json\n(.*?)```", text, re.S)
     assert block, "docs/model-format.md lacks the schema block"
-    assert json.loads(block.group(1)) == json_schema(), "regenerate it with `python -m ganaudit.spec_schema`"
+    assert json.loads(block.group(1)) == json_schema(), "regenerate it with `python -m ganaudit.core.spec_schema`"

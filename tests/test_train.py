@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from ganaudit.datasets import load_dataset
-from ganaudit.errors import ConfigError
-from ganaudit.train import TrainConfig, load_checkpoint
-from ganaudit.train import train as run_training
+from ganaudit.training.datasets import load_dataset
+from ganaudit.core.errors import ConfigError
+from ganaudit.training.train import TrainConfig, load_checkpoint
+from ganaudit.training.train import train as run_training
 
 from .conftest import run_cli
 
@@ -231,7 +231,7 @@ def test_every_command_documents_every_option():
 
 def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout(tmp_path, mnist_path):
     from ganaudit import Detector
-    from ganaudit.export_fit import FUSION_WEIGHTS
+    from ganaudit.training.export_fit import FUSION_WEIGHTS
 
     run, model = tmp_path / "rot", tmp_path / "rot.onnx"
     args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "30", "--encoder-steps", "10", "--batch-size", "16",

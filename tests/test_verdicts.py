@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ganaudit.runtime import Detector
+from ganaudit.runtime.detector import Detector
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """The short audit ``ganaudit train`` ends with: the run's generator against its own training and held-out images,
-written to RUN_DIR/audit/ (``ganaudit.rundir.AUDIT_JSON``); ``ganaudit export`` copies its ``headline``."""
+written to RUN_DIR/audit/ (``ganaudit.training.rundir.AUDIT_JSON``); ``ganaudit export`` copies its ``headline``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import GanauditError
-from ..rundir import RunDir
+from ..core.errors import GanauditError
+from ..training.rundir import RunDir
 from .gan_report import write_gan_report
 from .pipeline import run_gan_audit
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write
+from ..core.atomic import atomic_write
 from . import svg
 from .detector import METRICS
 from .detector_run import summary_line

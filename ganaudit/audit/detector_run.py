@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..files import iter_files
+from ..core.errors import ConfigError
+from ..core.files import iter_files
 from .detector import audit_head
 
 HEADS = {  # head -> (Verdict field of the raw score, of the calibrated probability, of the flag)
@@ -63,8 +63,8 @@ def run_detector_audit(
 ) -> dict[str, Any]:  # fmt: skip
     """Score the images of ``data`` that have a truth row and audit every head that has a truth column
     (``anomaly``, ``generated``, or ``label`` for every head)."""
-    from ..models import resolve_model
-    from ..runtime import Detector
+    from ..core.shipped import resolve_model
+    from ..runtime.detector import Detector
 
     t0 = time.perf_counter()
     rows = read_truth(truth)

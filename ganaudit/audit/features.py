@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, ModelFormatError
+from ..core.errors import ConfigError, ModelFormatError
 
 FEATURE_SIZE = 32
 SEED = 20201  # fixed: every audit with the random features uses the same network
@@ -119,7 +119,7 @@ def discriminator(run: str | Path) -> Extractor:
     try:
         import torch
 
-        from ..train import load_networks
+        from ..training.train import load_networks
     except ImportError:
         raise ConfigError("--features discriminator needs the training extra: pip install 'ganaudit[train]'") from None
     cfg, nets, _ = load_networks(run)

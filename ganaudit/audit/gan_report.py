@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..core.atomic import atomic_write
 from . import svg
 from .gan import summary_line
 from .page import e, fmt, grid_img, kv_table, page, verdict_table

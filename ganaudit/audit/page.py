@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..grid import make_grid
-from ..report import png_data_uri
+from ..core.grid import make_grid
+from ..runtime.report import png_data_uri
 
 CSS = """
 body{margin:0;font:14px/1.45 -apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#1f2933;background:#f6f8fa}

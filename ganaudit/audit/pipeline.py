@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .features import embed, extractor
 from .gan import DEFAULT_BINS, Features, GanAudit, audit_features
 from .prdc import DEFAULT_K
-from ..rundir import MEMORY_BANK, VALIDATION, RunDir
+from ..training.rundir import MEMORY_BANK, VALIDATION, RunDir
 from .sources import ImageSet, drop_shared, is_run, load_images, read_labels_csv, run_file, sample_run
 
 DEFAULT_N = 5000  # generated samples drawn from a run

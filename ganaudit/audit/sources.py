@@ -1,8 +1,8 @@
 """Image sets for an audit: folders, IDX files, ``.npy`` arrays and training runs (sampled from the generator, or
 their held-out validation images / training memory bank), plus reference labels (CSV, class subfolders or IDX).
 
-Every set comes back as float32 NCHW in [-1, 1] through :func:`ganaudit.imaging.preprocess` (via
-:func:`ganaudit.datasets.load_dataset`), the one preprocessing function.
+Every set comes back as float32 NCHW in [-1, 1] through :func:`ganaudit.core.imaging.preprocess` (via
+:func:`ganaudit.training.datasets.load_dataset`), the one preprocessing function.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Iterable
 
 import numpy as np
 
-from ..datasets import load_dataset
-from ..errors import ConfigError
-from ..rundir import RunDir
+from ..training.datasets import load_dataset
+from ..core.errors import ConfigError
+from ..training.rundir import RunDir
 
 
 
@@ -91,7 +91,7 @@ def read_labels_csv(path: str | os.PathLike, ids: list[str]) -> list[str]:
 def sample_run(run: str | os.PathLike, n: int, seed: int, progress: bool = False) -> ImageSet:
     """``n`` images from a run's EMA generator (needs torch: the ``[train]`` extra), 512 per call."""
     try:
-        from ..train import sample
+        from ..training.train import sample
     except ImportError:
         raise ConfigError("sampling a training run needs the training extra: pip install 'ganaudit[train]'") from None
     starts: Iterable[int] = range(0, n, 512)

@@ -26,7 +26,7 @@ def parse_fail_on(text: str, allowed: tuple[str, ...]) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in allowed]
     if unknown:
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
 
         raise ConfigError(f"--fail-on: unknown verdict {', '.join(unknown)}; choose from {', '.join(allowed)}")
     return names

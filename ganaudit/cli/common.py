@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 
-from ..errors import GanauditError
+from ..core.errors import GanauditError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

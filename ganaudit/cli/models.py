@@ -12,15 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from ..spec import describe_spec, input_text
+from ..core.spec import describe_spec, input_text
 from .common import friendly_errors
 
 
 def describe_model(name: str, path: Path, default: str) -> dict[str, Any]:
     """One shipped model as plain data: name, heads, input, thresholds, path (or the error that stops it loading)."""
-    from ..errors import GanauditError
-    from ..runtime import Detector
-    from ..spec import describe_spec
+    from ..core.errors import GanauditError
+    from ..runtime.detector import Detector
+    from ..core.spec import describe_spec
 
     row: dict[str, Any] = {"name": name, "default": name == default, "path": str(path)}
     try:
@@ -57,7 +57,7 @@ def models_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
     """List the detectors shipped with ganaudit (usable by name with --model; the default needs no --model)."""
-    from ..models import DEFAULT_MODEL, MODELS_DIR, shipped_models
+    from ..core.shipped import DEFAULT_MODEL, MODELS_DIR, shipped_models
 
     rows = [describe_model(name, path, DEFAULT_MODEL) for name, path in shipped_models().items()]
     if json_out:
@@ -74,7 +74,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole spec as JSON.")] = False,
 ) -> None:
     """Print a detector's spec: preprocessing, heads, thresholds and provenance."""
-    from ..runtime import Detector
+    from ..runtime.detector import Detector
 
     spec = Detector.load(model).spec
     if json_out:

@@ -106,9 +106,9 @@ def scan_cmd(
     (disk full, permission, not a directory); 5 internal error.
     """
     # Long by its signature: typer reads the option table from it; the body is short.
-    from ..models import resolve_model
-    from ..runtime import Detector
-    from ..scan import check_options, default_threads, default_workers, parse_formats, scan
+    from ..core.shipped import resolve_model
+    from ..runtime.detector import Detector
+    from ..runtime.scan import check_options, default_threads, default_workers, parse_formats, scan
 
     formats = parse_formats(format)
     check_options(

@@ -36,7 +36,7 @@ def uvicorn_log_config(access_log: bool) -> dict:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket bound to ``host:port``; a busy port or a bad host is a ConfigError (exit 2)."""
-    from ..errors import ConfigError
+    from ..core.errors import ConfigError
 
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -101,9 +101,9 @@ def serve(
         from ..service.app import ServiceSettings, create_app
     except ImportError as e:
         raise fail(f"the serve command needs the serve extra ({e.name} is missing): pip install 'ganaudit[serve]'") from None
-    from ..errors import ConfigError
-    from ..models import resolve_model
-    from ..runtime import Detector
+    from ..core.errors import ConfigError
+    from ..core.shipped import resolve_model
+    from ..runtime.detector import Detector
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be 0-65535, got {port}")

@@ -103,12 +103,12 @@ def train(
     progress = progress_wanted(progress)
     from dataclasses import replace
 
-    from ..datasets import load_dataset
-    from ..errors import ConfigError
-    from ..rundir import RunDir
-    from ..spec import check_size
-    from ..train import load_config, pick_device
-    from ..train import train as run_training
+    from ..training.datasets import load_dataset
+    from ..core.errors import ConfigError
+    from ..training.rundir import RunDir
+    from ..core.spec import check_size
+    from ..training.train import load_config, pick_device
+    from ..training.train import train as run_training
 
     check_size(size)
     if channels not in ("auto", "1", "3"):
@@ -150,7 +150,7 @@ def config_from_options(options: dict[str, Any]) -> Any:
     (``--channels auto`` gives 1: the data loader decides; the run records what it found)."""
     from dataclasses import fields
 
-    from ..train import TrainConfig
+    from ..training.train import TrainConfig
 
     given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
     given["channels"] = 1 if given["channels"] == "auto" else int(given["channels"])
@@ -165,9 +165,9 @@ def sample(
 ) -> None:
     """Write a grid of images drawn from a run's (EMA) generator."""
     require_training_extra()
-    from ..atomic import atomic_write
-    from ..grid import encode_png, make_grid
-    from ..train import sample as draw
+    from ..core.atomic import atomic_write
+    from ..core.grid import encode_png, make_grid
+    from ..training.train import sample as draw
 
     if n < 1:
         raise fail("-n must be at least 1")
@@ -218,7 +218,7 @@ def export_cmd(
     require_training_extra()
     import json
 
-    from ..export import export
+    from ..training.export import export
 
     report = export(
         run_dir, output, fpr=fpr, name=name, quantize=quantize, allow_partial=partial, anomalies=anomalies, score=score,

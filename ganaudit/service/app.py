@@ -11,7 +11,7 @@ Modules: ``state`` (ServiceSettings, Service, the ``get_service`` dependency), `
 and ``routes_ops`` (one router per protocol), ``errors`` (ServiceError and the JSON error handlers), ``openapi``,
 ``limits`` (auth, body size, timeout and metrics as ASGI middleware), ``batcher``, ``admission``, ``binary``.
 
-Layering: the service imports the runtime (``ganaudit.runtime``) and never torch. Decoding runs on a small
+Layering: the service imports the runtime (``ganaudit.runtime.detector``) and never torch. Decoding runs on a small
 thread pool, scoring on the micro-batcher's inference thread; the event loop only moves bytes.
 """
 
@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .. import __version__
-from ..runtime import Detector
+from ..runtime.detector import Detector
 from . import routes_kserve, routes_ops, routes_v1
 from .docs_assets import add_docs_routes
 from .errors import ServiceError, add_error_handlers

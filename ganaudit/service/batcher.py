@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..runtime import Detector, Prepared, Thresholds, Verdict
+    from ..runtime.detector import Detector, Prepared, Thresholds, Verdict
 
 log = logging.getLogger("ganaudit.service")
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from .. import __version__
-from ..runtime import Verdict, error_verdict, finite_or_none
+from ..runtime.detector import Verdict, error_verdict, finite_or_none
 from . import binary
 from . import schemas as S
 from .errors import ServiceError

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from .. import evidence
-from ..grid import encode_png
-from ..runtime import RECORD_FIELDS, Verdict, error_verdict, finite_or_none, verdict_record
+from ..runtime import evidence
+from ..core.grid import encode_png
+from ..runtime.detector import RECORD_FIELDS, Verdict, error_verdict, finite_or_none, verdict_record
 from . import schemas as S
 from .errors import ServiceError
 from .state import Service, get_service, media_type

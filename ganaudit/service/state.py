@@ -15,10 +15,10 @@ from typing import Awaitable, Callable, Optional
 import numpy as np
 from fastapi import Request
 
-from ..errors import ConfigError, GanauditError
-from ..grid import encode_png
-from ..imaging import check_header
-from ..runtime import Detector, Prepared, Thresholds, Verdict, error_verdict
+from ..core.errors import ConfigError, GanauditError
+from ..core.grid import encode_png
+from ..core.imaging import check_header
+from ..runtime.detector import Detector, Prepared, Thresholds, Verdict, error_verdict
 from .admission import SMALL_PIXELS, ClientGone, PixelBudget, run_admitted
 from .batcher import BatcherClosed, MicroBatcher, QueueFull
 from .docs_assets import ASSETS_PATH

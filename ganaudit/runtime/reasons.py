@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (runtime imports this module)
-    from .runtime import Detector, Thresholds, Verdict
+    from .detector import Detector, Thresholds, Verdict
 
 
 def percentile_words(pct: float) -> str:

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelFormatError
+from ..core.errors import ModelFormatError
 from .generated import GeneratedHead
 from .nets import ROTATIONS, Discriminator, Encoder, Generator
-from .runtime import PATCH_MATRIX_BYTES
+from ..runtime.detector import PATCH_MATRIX_BYTES
 
 
 @dataclass(frozen=True)

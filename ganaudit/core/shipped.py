@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = "digits"
 
 

@@ -1,6 +1,6 @@
 """Training data sources: image folders, IDX files (MNIST style) and ``sklearn:digits``.
 
-Every source goes through :func:`ganaudit.imaging.preprocess`, the same function the runtime uses.
+Every source goes through :func:`ganaudit.core.imaging.preprocess`, the same function the runtime uses.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from .errors import ConfigError, ImageDecodeError
-from .files import display_path, iter_files
-from .imaging import decode, native_regions, preprocess
-from .spec import PreprocessSpec
+from ..core.errors import ConfigError, ImageDecodeError
+from ..core.files import display_path, iter_files
+from ..core.imaging import decode, native_regions, preprocess
+from ..core.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from . import domain, evidence, reasons
-from .errors import GanauditError, ImageDecodeError, ModelFormatError
-from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess, shown
-from .models import resolve_model, shipped_models
-from .spec import METADATA_KEY, ModelSpec
-from .thresholds import apply_calibration, check_fpr, check_threshold, percentile, threshold_from_quantiles
+from ..core import domain
+from . import evidence, reasons
+from ..core.errors import GanauditError, ImageDecodeError, ModelFormatError
+from ..core.imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess, shown
+from ..core.shipped import resolve_model, shipped_models
+from ..core.spec import METADATA_KEY, ModelSpec
+from ..core.thresholds import apply_calibration, check_fpr, check_threshold, percentile, threshold_from_quantiles
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 ANOMALY, GENERATED = "anomaly", "generated"
@@ -177,7 +178,7 @@ class Detector:
         Images with more pixels are refused before decoding.
     domain_gate
         Apply the model's domain gate (on by default): outside the training domain the generated verdict
-        abstains and the image is reported as anomalous (see :mod:`ganaudit.domain`). False gives the
+        abstains and the image is reported as anomalous (see :mod:`ganaudit.core.domain`). False gives the
         generated verdict for every image.
     """
 

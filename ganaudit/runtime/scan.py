@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import ConfigError, ImageDecodeError
-from .files import WalkStats, display_path, iter_files
+from .. import __version__
+from ..core.errors import ConfigError, ImageDecodeError
+from ..core.files import WalkStats, display_path, iter_files
 from .evidence import evidence_map, for_display
-from .imaging import check_file_size, decode
+from ..core.imaging import check_file_size, decode
 from .report import (
     ROW_FIELDS,
     FlaggedImage,
@@ -53,10 +53,10 @@ from .report import (
     png_data_uri,
     write_summary,
 )
-from .runtime import (
+from .detector import (
     ANOMALY, GENERATED, RECORD_FIELDS, Detector, Prepared, Thresholds, finite_or_none, verdict_record,
 )  # fmt: skip
-from .spec import describe_spec, input_text
+from ..core.spec import describe_spec, input_text
 from .scan_writers import FILE_NAMES, FORMATS, WRITERS, FinishedScan, ScanWriter
 
 __all__ = [
@@ -557,7 +557,7 @@ def scan(
     Parameters
     ----------
     detector
-        A loaded :class:`~ganaudit.runtime.Detector`.
+        A loaded :class:`~ganaudit.runtime.detector.Detector`.
     paths
         Files and folders to scan (folders are walked in sorted order).
     out

@@ -15,7 +15,7 @@ knows digits). On anything else (a cat photo, a texture, noise) its probability 
 * above the limit the image is **out of domain**: the generated verdict abstains (no flag, no probability)
   and the image is reported as anomalous.
 
-Core layer: numpy only. Export fits the gate, :class:`ganaudit.runtime.Detector` applies it.
+Core layer: numpy only. Export fits the gate, :class:`ganaudit.runtime.detector.Detector` applies it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The generated-image head: a real-vs-generated classifier initialised from the trained discriminator.
 
 Training layer (torch). The head sees images at native scale through the ONE crop policy of
-:func:`ganaudit.imaging.native_crops`, so training and the runtime cut crops the same way.
+:func:`ganaudit.core.imaging.native_crops`, so training and the runtime cut crops the same way.
 
 * :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .imaging import native_regions, regions_to_input
+from ..core.imaging import native_regions, regions_to_input
 from .nets import Discriminator, Encoder, Generator
 from .rundir import RunDir
-from .spec import PreprocessSpec
+from ..core.spec import PreprocessSpec
 
 N_SNAPSHOTS = 6
 JPEG_QUALITY = (30, 100)

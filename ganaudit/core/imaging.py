@@ -3,10 +3,10 @@
 ``decode`` turns a path, encoded bytes or an array into a uint8 HxWxC array (C is 1 or 3, RGB order),
 upright (EXIF orientation applied), with alpha composited over black, refusing images above a pixel
 limit before anything big is allocated. ``preprocess`` turns that into the float32 CHW network input
-described by a :class:`~ganaudit.spec.PreprocessSpec`. Every failure raises
-:class:`~ganaudit.errors.ImageDecodeError` with a human reason.
+described by a :class:`~ganaudit.core.spec.PreprocessSpec`. Every failure raises
+:class:`~ganaudit.core.errors.ImageDecodeError` with a human reason.
 
-Core layer: imports only numpy, OpenCV, the standard library and ``ganaudit.errors`` / ``ganaudit.spec``.
+Core layer: imports only numpy, OpenCV, the standard library and ``ganaudit.core.errors`` / ``ganaudit.core.spec``.
 """
 
 from __future__ import annotations

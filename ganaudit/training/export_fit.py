@@ -12,16 +12,16 @@ import torch
 
 from .calibrate import fit_platt, fit_quantiles
 from .datasets import load_dataset
-from .errors import ConfigError, ModelFormatError
+from ..core.errors import ConfigError, ModelFormatError
 from .export_graph import graph_facts
 from .generated import PoolSources, crops_of, fake_pool, load_snapshots
-from .imaging import preprocess, regions_to_input
-from .layout import is_stationary
+from ..core.imaging import preprocess, regions_to_input
+from ..core.layout import is_stationary
 from .rundir import RunDir
-from .runtime import Detector
+from ..runtime.detector import Detector
 from .scoring import COMPONENTS, LAYOUT_NAMES, ScoringModel, fusion_inputs
-from .spec import ModelSpec, PreprocessSpec, Threshold
-from .thresholds import apply_calibration, threshold_at_fpr
+from ..core.spec import ModelSpec, PreprocessSpec, Threshold
+from ..core.thresholds import apply_calibration, threshold_at_fpr
 
 log = logging.getLogger(__name__)
 

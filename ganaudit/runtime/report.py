@@ -27,8 +27,8 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from .atomic import atomic_write
-from .grid import encode_png
+from ..core.atomic import atomic_write
+from ..core.grid import encode_png
 
 __all__ = [
     "COLUMNS",

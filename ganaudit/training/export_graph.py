@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import torch
 
-from . import __version__
-from .errors import ModelFormatError
+from .. import __version__
+from ..core.errors import ModelFormatError
 from .rundir import RunDir
 from .scoring import KNN_K, ScoringModel
-from .spec import METADATA_KEY, ModelSpec
+from ..core.spec import METADATA_KEY, ModelSpec
 
 OPSET = 17
 PARITY_RTOL = 1e-4

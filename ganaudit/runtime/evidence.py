@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Detector, Prepared
+    from .detector import Detector, Prepared
 
 GRID = 7
 # Rows of crops per onnxruntime call (each row is K crops).

@@ -16,7 +16,7 @@ Layout::
     RUN_DIR/audit/audit.json       the audit `ganaudit train` ends with (+ audit.html; ganaudit.audit.after_training)
 
 No torch here (the audit reads runs without it): the checkpoint's bytes are made and read by torch in
-``ganaudit.train.save_checkpoint`` / ``load_checkpoint``, at :attr:`RunDir.checkpoint`.
+``ganaudit.training.train.save_checkpoint`` / ``load_checkpoint``, at :attr:`RunDir.checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write
-from .errors import ConfigError, ModelFormatError
+from ..core.atomic import atomic_write
+from ..core.errors import ConfigError, ModelFormatError
 
 CONFIG = "config.json"
 RUN_INFO = "run.json"

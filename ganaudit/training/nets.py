@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from .spec import check_size
+from ..core.spec import check_size
 
 
 ROTATIONS = (0, 90, 180, 270)

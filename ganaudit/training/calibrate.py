@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .spec import Threshold
-from .thresholds import score_quantiles, threshold_at_fpr
+from ..core.spec import Threshold
+from ..core.thresholds import score_quantiles, threshold_at_fpr
 
 
 def fit_threshold(normal_scores: np.ndarray, fpr: float) -> Threshold:

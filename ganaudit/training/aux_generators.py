@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write
-from .errors import ConfigError
+from ..core.atomic import atomic_write
+from ..core.errors import ConfigError
 from .losses import LOSSES
 from .rundir import RunDir
 

@@ -1,6 +1,6 @@
 """GAN training, then izi_f encoder training (f-AnoGAN), then the generated-image head; checkpoints and resume.
 
-The run directory's files are named and read in :mod:`ganaudit.rundir`.
+The run directory's files are named and read in :mod:`ganaudit.training.rundir`.
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .atomic import atomic_write
+from .. import __version__
+from ..core.atomic import atomic_write
 from .datasets import Dataset, split_validation
-from .errors import ConfigError, ModelFormatError
-from .grid import encode_png, make_grid
+from ..core.errors import ConfigError, ModelFormatError
+from ..core.grid import encode_png, make_grid
 from .generated import (
     GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
-from .layout import alignment, is_stationary
+from ..core.layout import alignment, is_stationary
 from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
 from .nets import Discriminator, Encoder, Generator, rotation_targets
 from .rundir import MEMORY_BANK, MEMORY_BANK_MAX, RunDir
-from .spec import PreprocessSpec, check_size
+from ..core.spec import PreprocessSpec, check_size
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :func:`validate_spec` checks a parsed spec against :class:`SpecSchema` (pydantic v2, strict: a string is never
 taken for a number) and the rules a JSON Schema cannot say (heads, outputs and thresholds agree; quantiles
 sorted; fused-score lists the same length). Every problem is listed in one ModelFormatError. Unknown keys are
-kept (newer files of the same format version may add some). ``python -m ganaudit.spec_schema`` prints the
+kept (newer files of the same format version may add some). ``python -m ganaudit.core.spec_schema`` prints the
 JSON Schema published in docs/model-format.md.
 """
 

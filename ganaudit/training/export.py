@@ -15,19 +15,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .atomic import atomic_write
+from ..core.atomic import atomic_write
 from .calibrate import fit_quantiles, fit_threshold
-from .domain import DOMAIN_COVERAGE, fit_gate
-from .errors import ConfigError
+from ..core.domain import DOMAIN_COVERAGE, fit_gate
+from ..core.errors import ConfigError
 from .export_fit import fit_anomaly_calibration, fit_fusion, fit_generated, load_validation_crops
 from .export_graph import check_parity, graph_facts, provenance, scoring_model, to_onnx, torch_outputs, with_spec
 from .export_int8 import quantize_int8
-from .layout import alignment
+from ..core.layout import alignment
 from .rundir import RunDir
-from .runtime import Detector, rows_per_call
+from ..runtime.detector import Detector, rows_per_call
 from .scoring import LAYOUT_NAMES, SCORE_METHODS
-from .spec import ModelSpec
-from .thresholds import check_fpr
+from ..core.spec import ModelSpec
+from ..core.thresholds import check_fpr
 from .train import load_networks
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def export(
     pixel + kappa * feature residual). ``layout`` picks the fused score's weights: ``aligned`` (the images share
     a layout, e.g. centred digits or objects: image-level components), ``stationary`` (every position looks
     alike, e.g. textures or surfaces: the local patch distance) or ``auto`` (decided by :func:`alignment`).
-    ``domain_coverage`` sets the domain gate of a model with a generated head (:mod:`ganaudit.domain`): the
+    ``domain_coverage`` sets the domain gate of a model with a generated head (:mod:`ganaudit.core.domain`): the
     share of the training domain's own held-out images (real and generated, pooled) that stay inside it.
     """
     run_dir, output = Path(run_dir), Path(output)
