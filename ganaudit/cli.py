@@ -199,6 +199,13 @@ def train(
     head_spectral: Annotated[
         bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
     ] = True,
+    head_npr: Annotated[
+        bool,
+        typer.Option(
+            help="Add the NPR branch (a small CNN on the image minus its nearest 2x down- and up-sampled copy, "
+            "where upsampling layers leave traces) to the generated head."
+        ),
+    ] = False,
     head_aux: Annotated[
         str,
         typer.Option(
@@ -241,7 +248,7 @@ def train(
         rotation_g=rotation_g,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
-        head_spectral=head_spectral, head_aux=head_aux, head_aux_steps=head_aux_steps,
+        head_spectral=head_spectral, head_npr=head_npr, head_aux=head_aux, head_aux_steps=head_aux_steps,
     )  # fmt: skip
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
@@ -254,7 +261,10 @@ def train(
     try:
         if retrain_head:
             # head_steps None: the default for the run's GAN steps
-            cfg = replace(run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps)
+            cfg = replace(
+                run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps,
+                head_spectral=head_spectral, head_npr=head_npr,
+            )  # fmt: skip
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
             retrain_head=retrain_head,

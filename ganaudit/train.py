@@ -57,7 +57,7 @@ AUDIT_JSON = "audit/audit.json"
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
 MODE_COLLAPSE_RATIO = 0.5
-HEAD_POOL_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share")  # --retrain-head takes these anew
+HEAD_RETRAIN_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
@@ -100,6 +100,7 @@ class TrainConfig:
     head_lr: float = 1e-4
     head_pool: int = 4096
     head_spectral: bool = True
+    head_npr: bool = False
     # Auxiliary generators of other families in the head's fake pool (aux_generators.py): "" / "none", "all",
     # or a comma list; they take head_aux_share of the pool and train head_aux_steps steps each.
     head_aux: str = ""
@@ -188,7 +189,7 @@ class Networks:
 
 
 def build_head(cfg: TrainConfig) -> GeneratedHead:
-    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral)
+    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral, cfg.head_npr)
 
 
 def build_networks(cfg: TrainConfig) -> Networks:
@@ -395,7 +396,9 @@ class Trainer:
         if self.nets.H is None:
             with torch.random.fork_rng(devices=[]):  # its own seed: the head phase depends only on the trained nets
                 torch.manual_seed(self.cfg.seed + 3)
-                self.nets.H = GeneratedHead.from_discriminator(self.nets.D, self.cfg.head_spectral).to(self.device)
+                self.nets.H = GeneratedHead.from_discriminator(
+                    self.nets.D, self.cfg.head_spectral, self.cfg.head_npr
+                ).to(self.device)
             self.opt_h = self._head_optimizer(self.nets.H)
         if self.pool is None:
             src = PoolSources(
@@ -652,7 +655,7 @@ def train(
     dev = pick_device(device)
     if retrain_head:
         check_same_data(data, run_dir)  # before anything is rewound
-        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_POOL_OPTIONS})
+        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_RETRAIN_OPTIONS})
         resume = True
     if resume:
         cfg, train_data, ckpt = resume_run(data, run_dir)
