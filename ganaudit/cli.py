@@ -190,6 +190,13 @@ def train(
         bool,
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
     ] = True,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Differentiable augmentation (DiffAugment) of every image D judges while the GAN trains, real and "
+            "generated alike: none, translation, flip, or translation,flip. Helps on small sets of photographs."
+        ),
+    ] = "none",
     head_steps: Annotated[
         Optional[int], typer.Option(help="Generated-head training steps (default: four times --steps).")
     ] = None,
@@ -245,7 +252,7 @@ def train(
         encoder_steps=encoder_steps, batch_size=batch_size, seed=seed, z_dim=z_dim, width=width, lr_g=lr_g,
         lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
         minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa, rotation=rotation,
-        rotation_g=rotation_g,
+        rotation_g=rotation_g, augment=augment,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
         head_spectral=head_spectral, head_npr=head_npr, head_aux=head_aux, head_aux_steps=head_aux_steps,

@@ -43,7 +43,7 @@ from .generated import (
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
 from .layout import alignment, is_stationary
-from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
+from .losses import LOSSES, diff_augment, gradient_penalty, instance_noise, izif_loss, parse_augment, r1_penalty
 from .nets import Discriminator, Encoder, Generator, rotation_targets
 from .spec import PreprocessSpec, check_size
 
@@ -92,6 +92,9 @@ class TrainConfig:
     # AUROC (docs/benchmarks.md, Q4).
     rotation: float = 0.0
     rotation_g: float = 0.2
+    # Differentiable augmentation of every image D judges in the GAN phase, real and generated alike (DiffAugment):
+    # "none" or a comma list of "translation", "flip".
+    augment: str = "none"
     val_fraction: float = 0.1
     # Generated-image head (trained after the encoder; see generated.py). Off by default in the Python API
     # (existing configs keep their meaning); `ganaudit train` turns it on unless --no-generated-head.
@@ -120,6 +123,10 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.rotation < 0 or self.rotation_g < 0:
             raise ConfigError(f"rotation weights must be >= 0, got {self.rotation} and {self.rotation_g}")
+        try:
+            self.augment = ",".join(parse_augment(self.augment)) or "none"  # normalised: validated, fixed order
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         if self.head_steps is not None and self.head_steps < 0:
@@ -319,11 +326,14 @@ class Trainer:
         """Instance-noise level, annealed linearly to 0 over the adversarial phase."""
         return self.cfg.instance_noise * max(0.0, 1 - self.step / max(1, self.cfg.steps))
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, parse_augment(self.cfg.augment)) if self.cfg.augment != "none" else x
+
     def d_step(self) -> float:
         cfg, G, D = self.cfg, self.nets.G, self.nets.D
-        real = self.batch()
+        real = self._augment(self.batch())
         with torch.no_grad():
-            fake = G(self.noise(len(real)))
+            fake = self._augment(G(self.noise(len(real))))
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
         if cfg.rotation:
@@ -346,7 +356,7 @@ class Trainer:
     def g_step(self) -> float:
         G, D = self.nets.G, self.nets.D
         D.requires_grad_(False)
-        fake = instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma())
+        fake = instance_noise(self._augment(G(self.noise(self.cfg.batch_size))), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
             fake_logit, _, rot_logits = D.with_rotations(fake)
             rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
