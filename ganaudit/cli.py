@@ -204,15 +204,20 @@ def train(
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
     ] = 4,
     head_spectral: Annotated[
-        bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
-    ] = True,
+        Optional[bool],
+        typer.Option(
+            help="Add the power-spectrum branch to the generated head [default: on; with --retrain-head: as the "
+            "run had it]."
+        ),
+    ] = None,
     head_npr: Annotated[
-        bool,
+        Optional[bool],
         typer.Option(
             help="Add the NPR branch (a small CNN on the image minus its nearest 2x down- and up-sampled copy, "
-            "where upsampling layers leave traces) to the generated head."
+            "where upsampling layers leave traces) to the generated head [default: off; with --retrain-head: as "
+            "the run had it]."
         ),
-    ] = False,
+    ] = None,
     head_aux: Annotated[
         str,
         typer.Option(
@@ -255,7 +260,7 @@ def train(
         rotation_g=rotation_g, augment=augment,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
-        head_spectral=head_spectral, head_npr=head_npr, head_aux=head_aux, head_aux_steps=head_aux_steps,
+        head_spectral=head_spectral is not False, head_npr=bool(head_npr), head_aux=head_aux, head_aux_steps=head_aux_steps,
     )  # fmt: skip
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
@@ -270,7 +275,8 @@ def train(
             # head_steps None: the default for the run's GAN steps
             cfg = replace(
                 run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps,
-                head_spectral=head_spectral, head_npr=head_npr,
+                head_spectral=run_cfg.head_spectral if head_spectral is None else head_spectral,
+                head_npr=run_cfg.head_npr if head_npr is None else head_npr,
             )  # fmt: skip
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,

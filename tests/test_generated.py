@@ -196,6 +196,9 @@ def test_retrain_head_with_the_npr_branch_exports_with_parity(tmp_path):
     cfg, nets, _ = load_networks(tmp_path / "run")
     assert cfg.head_npr and nets.H.npr is not None
     assert any(float(p.detach().abs().max()) > 0 for p in nets.H.npr.net[-1].parameters())  # the branch trained
+    res = run_cli("train", *args, "--retrain-head")  # not given again: the run keeps its branches
+    assert res.exit_code == 0, res.output
+    assert load_networks(tmp_path / "run")[0].head_npr
     res = run_cli("export", tmp_path / "run", "--output", tmp_path / "m.onnx")
     assert res.exit_code == 0, res.output  # export checks torch-vs-onnxruntime parity of every output
     verdicts = Detector.load(tmp_path / "m.onnx").detect([np.full((16, 16), 128, np.uint8)])
