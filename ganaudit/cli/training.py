@@ -71,6 +71,13 @@ def train(
         bool,
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
     ] = True,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Differentiable augmentation (DiffAugment) of every image D judges while the GAN trains, real and "
+            "generated alike: none, translation, flip, or translation,flip. Helps on small sets of photographs."
+        ),
+    ] = "none",
     head_steps: Annotated[
         Optional[int], typer.Option(help="Generated-head training steps (default: four times --steps).")
     ] = None,
@@ -78,8 +85,20 @@ def train(
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
     ] = 4,
     head_spectral: Annotated[
-        bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
-    ] = True,
+        Optional[bool],
+        typer.Option(
+            help="Add the power-spectrum branch to the generated head [default: on; with --retrain-head: as the "
+            "run had it]."
+        ),
+    ] = None,
+    head_npr: Annotated[
+        Optional[bool],
+        typer.Option(
+            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
+            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
+            "of D [default: off; with --retrain-head: as the run had it]."
+        ),
+    ] = None,
     head_aux: Annotated[
         str,
         typer.Option(
@@ -98,7 +117,7 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     # Long by its signature: typer reads the option table from it; the body is short.
-    options = dict(locals())  # every option by name: TrainConfig takes those named like its fields
+    given = dict(locals())  # every option by name: TrainConfig takes those named like its fields
     require_training_extra()
     progress = progress_wanted(progress)
     from dataclasses import replace
@@ -117,7 +136,7 @@ def train(
         if given and not RunDir(out).has_checkpoint():
             raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
     pick_device(device)
-    cfg = config_from_options(options)
+    cfg = config_from_options(given)
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
@@ -129,7 +148,11 @@ def train(
     try:
         if retrain_head:
             # head_steps None: the default for the run's GAN steps
-            cfg = replace(run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps)
+            cfg = replace(
+                run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps,
+                head_spectral=run_cfg.head_spectral if head_spectral is None else head_spectral,
+                head_npr=run_cfg.head_npr if head_npr is None else head_npr,
+            )  # fmt: skip
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
             retrain_head=retrain_head,
@@ -154,6 +177,9 @@ def config_from_options(options: dict[str, Any]) -> Any:
 
     given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
     given["channels"] = 1 if given["channels"] == "auto" else int(given["channels"])
+    # Unset (None) head options take a new run's default here; --retrain-head keeps the run's own (in train).
+    given["head_spectral"] = given["head_spectral"] is not False
+    given["head_npr"] = bool(given["head_npr"])
     return TrainConfig(**given)
 
 
