@@ -117,7 +117,7 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     # Long by its signature: typer reads the option table from it; the body is short.
-    given = dict(locals())  # every option by name: TrainConfig takes those named like its fields
+    option_values = dict(locals())  # every option by name: TrainConfig takes those named like its fields
     require_training_extra()
     progress = progress_wanted(progress)
     from dataclasses import replace
@@ -136,7 +136,7 @@ def train(
         if given and not RunDir(out).has_checkpoint():
             raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
     pick_device(device)
-    cfg = config_from_options(given)
+    cfg = config_from_options(option_values)
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
