@@ -118,6 +118,9 @@ def _root(
     ] = False,
 ) -> None:
     _state["quiet"] = quiet
+    from .threads import share_cores
+
+    share_cores()  # before any command imports torch: libgomp reads its wait policy once
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
@@ -214,9 +217,18 @@ def train(
     audit: Annotated[
         bool, typer.Option(help="End with a short audit of the generator against the held-out images (RUN/audit/).")
     ] = True,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="torch threads (default: one per core). Idle threads wait briefly, then sleep, so "
+                     "trainings can share the cores; see docs/training.md.", show_default=False),
+    ] = None,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
+    from .threads import check_threads, describe, use_torch_threads
+
+    check_threads(threads)
     _require_training_extra()
+    logging.getLogger("ganaudit").info(describe(use_torch_threads(threads)))
     progress = progress_wanted(progress)
     from dataclasses import replace
 
