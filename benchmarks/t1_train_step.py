@@ -10,7 +10,8 @@ restated here at the same architecture size: its 64 px stacks lose one stage, so
 z -> 4x4 x 4w -> 8x8 x 2w -> 16x16 x w -> 32x32 and D mirrors it, with ngf = ndf = width = 32 and nz = 64.
 The reference loop is re-written here to be measured, not copied into the package.
 
-Both run in this one process with the same torch thread count, alternating for ROUNDS rounds of SECONDS each
+Both run in this one process with the same torch thread count and the OpenMP wait policy `ganaudit train`
+sets (ganaudit.threads.share_cores), alternating for ROUNDS rounds of SECONDS each
 (so drifting machine load hits both alike); the medians and their ratio (ganaudit steps/s over reference
 steps/s; >= 1.0x is the target) are printed.
 """
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from ganaudit.threads import share_cores  # noqa: E402
+
+share_cores()  # the wait policy `ganaudit train` runs with; before torch loads OpenMP
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 

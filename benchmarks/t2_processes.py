@@ -1,6 +1,6 @@
 """T2: real `ganaudit train` and `ganaudit scan` processes sharing the cores, against each alone.
 
-    python benchmarks/t2_processes.py [--steps 400] [--files 4000] [--work /tmp/t2] [--json t2.json]
+    python benchmarks/t2_processes.py [--steps 400] [--max-seconds 120] [--files 4000] [--work /tmp/t2] [--json t2.json]
 
 Each scenario starts real CLI processes (`ganaudit train` with every default that shapes the GAN step: 32 px,
 width 32, batch 64, hinge loss; only the step counts are cut, the head and the audit are off; `ganaudit scan`
@@ -90,10 +90,15 @@ class Training:
             self.proc.wait()
 
 
-def wait_all(trainings: list[Training]) -> None:
+def wait_all(trainings: list[Training], max_seconds: float) -> None:
+    """Wait for the trainings to finish, or stop them once each has run its loop for MAX_SECONDS."""
     while any(t.running() for t in trainings):
         for t in trainings:
             t.poll()
+        if all(t.times and time.monotonic() - t.times[0][0] > max_seconds for t in trainings):
+            for t in trainings:
+                t.stop()
+            return
         time.sleep(0.1)
     for t in trainings:
         t.poll()
@@ -101,10 +106,10 @@ def wait_all(trainings: list[Training]) -> None:
             sys.exit(f"training failed ({t.proc.returncode}): {t.proc.stderr.read() if t.proc.stderr else ''}")
 
 
-def trainings(work: Path, n: int, steps: int, env: dict[str, str]) -> list[float]:
+def trainings(work: Path, n: int, steps: int, env: dict[str, str], max_seconds: float) -> list[float]:
     runs = [Training(work / f"run{i}", steps, env) for i in range(n)]
     try:
-        wait_all(runs)
+        wait_all(runs, max_seconds)
     finally:
         for r in runs:
             r.stop()
@@ -151,6 +156,8 @@ def load() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=400, help="GAN steps of each measured training")
+    ap.add_argument("--max-seconds", type=float, default=120.0,
+                    help="stop a training once its loop has run this long (a spinning pair may crawl)")
     ap.add_argument("--files", type=int, default=4000, help="MNIST files (half PNG, half JPEG) the scans read")
     ap.add_argument("--work", type=Path, default=Path("/tmp/t2"))
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma list of: " + ", ".join(POLICIES))
@@ -167,8 +174,8 @@ def main() -> int:
     for name in args.policies.split(","):
         env = environment(POLICIES[name])
         r: dict = {"load_before": load()}
-        r["train_solo"] = trainings(args.work, 1, args.steps, env)[0]
-        r["train_pair"] = trainings(args.work, 2, args.steps, env)
+        r["train_solo"] = trainings(args.work, 1, args.steps, env, args.max_seconds)[0]
+        r["train_pair"] = trainings(args.work, 2, args.steps, env, args.max_seconds)
         r["scan_solo"] = scan(folder, args.work / "scan-solo", env)[0]
         r["scan_beside"], r["train_beside_scan"] = scan_beside_training(folder, args.work, 100 * args.steps, env)
         r["load_after"] = load()
