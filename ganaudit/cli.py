@@ -216,9 +216,9 @@ def train(
     head_npr: Annotated[
         Optional[bool],
         typer.Option(
-            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
-            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
-            "of D [default: off; with --retrain-head: as the run had it]."
+            help="Add a second CNN to the generated head that reads only the image minus its nearest 2x down- and "
+            "up-sampled copy (NPR: where upsampling layers leave traces); the head's logit is the larger of the "
+            "two [default: off; with --retrain-head: as the run had it]."
         ),
     ] = None,
     head_aux: Annotated[
