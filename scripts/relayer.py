@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(sys.argv[1]).resolve()
 PKG = ROOT / "ganaudit"
 LAYERS = {
-    "core": ["errors", "atomic", "imaging", "spec", "spec_schema", "thresholds", "files", "grid", "layout", "domain"],
+    "core": ["errors", "atomic", "imaging", "spec", "spec_schema", "thresholds", "files", "grid", "layout", "domain",
+             "threads"],
     "runtime": ["evidence", "reasons", "scan", "scan_writers", "report"],
     "training": ["nets", "losses", "train", "datasets", "generated", "aux_generators", "scoring", "calibrate",
                  "export", "export_graph", "export_fit", "export_int8", "rundir"],

@@ -48,6 +48,9 @@ def _root(
     ] = False,
 ) -> None:
     set_quiet(quiet)
+    from ..core.threads import share_cores
+
+    share_cores()  # before any command imports torch: libgomp reads its wait policy once
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)

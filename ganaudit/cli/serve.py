@@ -92,6 +92,10 @@ def serve(
         ),
     ] = None,
     domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="onnxruntime threads per model call (default: one per core); idle ones sleep instead of spinning.", show_default=False),
+    ] = None,
 ) -> None:
     """Serve a detector over HTTP: /v1/detect, the Open Inference Protocol (KServe v2) and /metrics."""
     # Long by its signature: typer reads the option table from it.
@@ -104,6 +108,7 @@ def serve(
     from ..core.errors import ConfigError
     from ..core.shipped import resolve_model
     from ..runtime.detector import Detector
+    from ..core.threads import check_threads
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be 0-65535, got {port}")
@@ -118,7 +123,8 @@ def serve(
         decode_budget_pixels=decode_budget_pixels,
     )  # fmt: skip
     detector = Detector.load(
-        resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate, max_pixels=max_pixels
+        resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate, max_pixels=max_pixels,
+        threads=check_threads(threads),
     )
     application = create_app(detector, settings)
     access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
@@ -126,7 +132,7 @@ def serve(
     port = sock.getsockname()[1]  # --port 0: the port the system picked
     typer.echo(
         f"serving model {detector.name!r} (spec {detector.spec_hash}) on http://{host}:{port} "
-        f"(auth {'on' if api_key else 'off'}; docs at /docs)",
+        f"(auth {'on' if api_key else 'off'}; {detector.threads} onnxruntime thread(s); docs at /docs)",
         err=True,
     )
     config = uvicorn.Config(

@@ -5,6 +5,7 @@ torch is imported inside the commands, after ``require_training_extra`` has said
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -94,9 +95,9 @@ def train(
     head_npr: Annotated[
         Optional[bool],
         typer.Option(
-            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
-            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
-            "of D [default: off; with --retrain-head: as the run had it]."
+            help="Add a second CNN to the generated head that reads only the image minus its nearest 2x down- and "
+            "up-sampled copy (NPR: where upsampling layers leave traces); the head's logit is the larger of the "
+            "two [default: off; with --retrain-head: as the run had it]."
         ),
     ] = None,
     head_aux: Annotated[
@@ -114,11 +115,20 @@ def train(
     audit: Annotated[
         bool, typer.Option(help="End with a short audit of the generator against the held-out images (RUN/audit/).")
     ] = True,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="torch threads (default: one per core). Idle threads wait briefly, then sleep, so "
+                     "trainings can share the cores; see docs/training.md.", show_default=False),
+    ] = None,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     # Long by its signature: typer reads the option table from it; the body is short.
     option_values = dict(locals())  # every option by name: TrainConfig takes those named like its fields
+    from ..core.threads import check_threads, describe, use_torch_threads
+
+    check_threads(threads)
     require_training_extra()
+    logging.getLogger("ganaudit").info(describe(use_torch_threads(threads)))
     progress = progress_wanted(progress)
     from dataclasses import replace
 

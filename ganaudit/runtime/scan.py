@@ -448,7 +448,7 @@ def _new_summary(
         "model": _model_info(detector, model_path),
         "thresholds": _threshold_info(detector, thr, fpr),
         "counts": {},
-        **options,  # workers, batch_size, recursive, resume: in this order
+        **options,  # workers, threads, batch_size, recursive, resume: in this order
     }
 
 
@@ -615,7 +615,7 @@ def scan(
         raise ConfigError(f"--out {display_path(out_dir)} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = _new_summary(
-        detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, batch_size=batch,
+        detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, threads=detector.threads, batch_size=batch,
         recursive=recursive, resume=resume,
     )  # fmt: skip
     jsonl_path = out_dir / FILE_NAMES["jsonl"]
