@@ -217,7 +217,10 @@ def train(
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
     _require_training_extra()
-    progress = progress_wanted(progress)
+    from .ddp import is_main_process
+
+    main_process = is_main_process()  # under torchrun only rank 0 prints, audits and writes
+    progress = progress_wanted(progress) and main_process
     from dataclasses import replace
 
     from .datasets import load_dataset
@@ -249,7 +252,8 @@ def train(
         index_range=index_range, progress=progress,
         native_crops=run_cfg.native_crops if run_cfg.generated_head else 0,
     )  # fmt: skip
-    typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
+    if main_process:
+        typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
     options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
     try:
         if retrain_head:
@@ -261,6 +265,8 @@ def train(
         )  # fmt: skip
     except KeyboardInterrupt:
         raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", 130)
+    if not main_process:
+        return
     if audit:
         from .audit.after_training import audit_run, report_dir, summary
 
