@@ -29,7 +29,7 @@ import stat
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -219,6 +219,30 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
                 }  # fmt: skip
         rows.append(row)
     return rows
+
+
+# Maps the walk's chunks to their rows, chunk by chunk in walk order: the thread pool here, or another engine
+# (ganaudit.distributed.ray_scan) that scores the chunks' files elsewhere with _process_chunk.
+ChunkEngine = Callable[[Detector, Thresholds, Iterator[list[_Entry]]], Iterator[tuple[list[_Entry], list[dict[str, Any]]]]]
+
+
+def _pool_engine(pool: ThreadPoolExecutor, window: int) -> ChunkEngine:
+    """Each pool task reads, decodes and scores one chunk; at most ``window`` chunks are in flight."""
+
+    def run(
+        detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]
+    ) -> Iterator[tuple[list[_Entry], list[dict[str, Any]]]]:
+        pending: deque[tuple[list[_Entry], Future]] = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_process_chunk, detector, thr, chunk)))
+            while len(pending) >= window:
+                entries, task = pending.popleft()
+                yield entries, task.result()
+        while pending:
+            entries, task = pending.popleft()
+            yield entries, task.result()
+
+    return run
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -524,6 +548,8 @@ def scan(
     top_k: int = DEFAULT_TOP_K,
     model_path: str | os.PathLike | None = None,
     on_progress: ProgressCallback | None = None,
+    engine: ChunkEngine | None = None,
+    engine_info: dict[str, Any] | None = None,
 ) -> ScanResult:
     """Score every image file under ``paths`` and write the results to the folder ``out``.
 
@@ -560,6 +586,9 @@ def scan(
         Recorded in the summary.
     on_progress
         Called after each batch with the number of rows just written and the running counts.
+    engine, engine_info
+        Scores the chunks of files elsewhere (e.g. :func:`ganaudit.distributed.ray_scan.ray_engine`) instead
+        of the thread pool; ``engine_info`` is recorded in the summary as ``engine``.
 
     Returns a :class:`ScanResult`. Raises ConfigError for invalid options or missing paths; files that
     cannot be read never raise, they become rows with ``status="error"``.
@@ -612,6 +641,7 @@ def scan(
         "batch_size": batch,
         "recursive": recursive,
         "resume": resume,
+        **({"engine": engine_info} if engine_info is not None else {}),
     }
     jsonl_path, csv_path = out_dir / FILE_NAMES["jsonl"], out_dir / FILE_NAMES["csv"]
     previous: _Previous | None = None
@@ -645,10 +675,9 @@ def scan(
     in_order = True
     lines_now = previous.n_lines if previous else 0  # complete lines in results.jsonl
 
-    def consume(task: Future, entries: list[_Entry]) -> None:
+    def consume(entries: list[_Entry], rows: list[dict[str, Any]]) -> None:
         """Write one finished chunk's rows (in walk order) and add them to the tally."""
         nonlocal in_order, lines_now
-        rows: list[dict[str, Any]] = task.result()
         new_rows = [row for (_, _, _, old), row in zip(entries, rows) if old is None]
         offsets = iter(jsonl.write(new_rows)) if jsonl is not None else iter(())
         if csvw is not None:
@@ -664,41 +693,34 @@ def scan(
         if on_progress is not None:
             on_progress(len(rows), dict(tally.counts))
 
-    # Chunks of up to `batch` files to decode (plus ready rows: walk errors, resumed rows) go to the pool;
-    # each task reads, decodes and scores its chunk; at most `window` chunks are in flight.
-    window = max(2, 2 * n_workers)
-    pending: deque[tuple[Future, list[_Entry]]] = deque()
-    chunk: list[_Entry] = []
-    n_to_load = 0
-    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ganaudit-scan")
-
-    def submit() -> None:
-        nonlocal chunk, n_to_load
+    def chunks() -> Iterator[list[_Entry]]:
+        """The walk in chunks of up to `batch` files to decode (plus ready rows: walk errors, resumed rows)."""
+        chunk: list[_Entry] = []
+        n_to_load = 0
+        for cand in candidates:
+            shown = display_path(cand.path)
+            if cand.error is not None:
+                chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
+            else:
+                hit = previous.match(shown, cand.path) if previous is not None else None
+                if hit is not None:
+                    chunk.append((cand.path, shown, hit[0], hit[1]))
+                else:
+                    chunk.append((cand.path, shown, None, None))
+                    n_to_load += 1
+            if n_to_load >= batch or len(chunk) >= 4 * batch:
+                yield chunk
+                chunk, n_to_load = [], 0
         if chunk:
-            pending.append((pool.submit(_process_chunk, detector, thr, chunk), chunk))
-            chunk, n_to_load = [], 0
-        while len(pending) >= window:
-            consume(*pending.popleft())
+            yield chunk
 
+    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="ganaudit-scan")
     with pool:  # on the way out: wait for running tasks, cancel the queued ones
         complete = False
         try:
-            for cand in candidates:
-                shown = display_path(cand.path)
-                if cand.error is not None:
-                    chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
-                else:
-                    hit = previous.match(shown, cand.path) if previous is not None else None
-                    if hit is not None:
-                        chunk.append((cand.path, shown, hit[0], hit[1]))
-                    else:
-                        chunk.append((cand.path, shown, None, None))
-                        n_to_load += 1
-                if n_to_load >= batch or len(chunk) >= 4 * batch:
-                    submit()
-            submit()
-            while pending:
-                consume(*pending.popleft())
+            scored = (engine or _pool_engine(pool, max(2, 2 * n_workers)))(detector, thr, chunks())
+            for entries, rows in scored:
+                consume(entries, rows)
             complete = True
         finally:
             if not complete:
