@@ -223,15 +223,14 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
 
 # Maps the walk's chunks to their rows, chunk by chunk in walk order: the thread pool here, or another engine
 # (ganaudit.distributed.ray_scan) that scores the chunks' files elsewhere with _process_chunk.
-ChunkEngine = Callable[[Detector, Thresholds, Iterator[list[_Entry]]], Iterator[tuple[list[_Entry], list[dict[str, Any]]]]]
+ChunkRows = tuple[list[_Entry], list[dict[str, Any]]]
+ChunkEngine = Callable[[Detector, Thresholds, Iterator[list[_Entry]]], Iterator[ChunkRows]]
 
 
 def _pool_engine(pool: ThreadPoolExecutor, window: int) -> ChunkEngine:
     """Each pool task reads, decodes and scores one chunk; at most ``window`` chunks are in flight."""
 
-    def run(
-        detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]
-    ) -> Iterator[tuple[list[_Entry], list[dict[str, Any]]]]:
+    def run(detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]) -> Iterator[ChunkRows]:
         pending: deque[tuple[list[_Entry], Future]] = deque()
         for chunk in chunks:
             pending.append((chunk, pool.submit(_process_chunk, detector, thr, chunk)))

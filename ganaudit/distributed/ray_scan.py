@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..report import _jsonl_line
 from ..runtime import Detector, Thresholds
-from ..scan import ChunkEngine, _Entry, _process_chunk
+from ..scan import ChunkEngine, ChunkRows, _Entry, _process_chunk
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,7 @@ def ray_engine(
         for row in ds.iter_rows():
             yield [json.loads(line) for line in row["jsonl"].splitlines()]
 
-    def run(
-        detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]
-    ) -> Iterator[tuple[list[_Entry], list[dict[str, Any]]]]:
+    def run(detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]) -> Iterator[ChunkRows]:
         wave: list[list[_Entry]] = []
         n_files = 0
         for chunk in chunks:
@@ -122,9 +120,7 @@ def _items(wave: list[list[_Entry]]) -> list[dict[str, Any]]:
     return items
 
 
-def _merge(
-    wave: list[list[_Entry]], scored: Iterator[list[dict[str, Any]]]
-) -> Iterator[tuple[list[_Entry], list[dict[str, Any]]]]:
+def _merge(wave: list[list[_Entry]], scored: Iterator[list[dict[str, Any]]]) -> Iterator[ChunkRows]:
     """Each chunk's rows in walk order: its ready rows (walk errors, resumed rows) and its scored files."""
     for chunk in wave:
         loaded = iter(next(scored)) if any(row is None for _, _, row, _ in chunk) else iter(())
