@@ -5,7 +5,8 @@ Training layer (torch). The head sees images at native scale through the ONE cro
 
 * :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
-  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls).
+  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls), and an optional NPR branch,
+  a small CNN on the upsampling residual of :func:`npr_residual`.
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
   G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
   so that format or quality cannot give the answer.
@@ -87,27 +88,57 @@ class SpectralBranch(nn.Module):
         return self.mlp(self.profile(x)).squeeze(1)
 
 
+def npr_residual(x: torch.Tensor) -> torch.Tensor:
+    """Neighbouring-pixel residual (NPR, Tan et al. 2024): ``x`` minus its nearest 2x down- then up-sampled copy.
+
+    Zero at the top-left pixel of every 2x2 block; elsewhere the difference to it, which shows the local
+    correlations that upsampling layers (nearest, bilinear, transposed conv, pixel shuffle) leave behind.
+    """
+    return x - F.interpolate(x[:, :, ::2, ::2], scale_factor=2.0, mode="nearest")
+
+
+class NPRBranch(nn.Module):
+    """Crop [B, C, S, S] -> logit contribution [B] from a small CNN on :func:`npr_residual`, pooled over the crop."""
+
+    def __init__(self, channels: int, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, 2 * hidden, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * hidden, 2 * hidden, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * hidden, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.net[-1].weight)  # starts as a no-op: the head begins as D
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(npr_residual(x)).squeeze(1)
+
+
 class GeneratedHead(nn.Module):
     """Crops [B, C, S, S] -> generated logit [B] (higher = more likely generated)."""
 
-    def __init__(self, D: Discriminator, size: int, spectral: bool = True) -> None:
+    def __init__(self, D: Discriminator, size: int, spectral: bool = True, npr: bool = False) -> None:
         super().__init__()
         self.d = D
         self.spectral = SpectralBranch(size) if spectral else None
+        self.npr = NPRBranch(D.init_args["channels"]) if npr else None
 
     @classmethod
-    def from_discriminator(cls, D: Discriminator, spectral: bool = True) -> "GeneratedHead":
+    def from_discriminator(cls, D: Discriminator, spectral: bool = True, npr: bool = False) -> "GeneratedHead":
         """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D."""
         was_training = D.training
         plain = D.without_spectral_norm(rotation=False)
         D.train(was_training)
-        return cls(plain.requires_grad_(True), D.init_args["size"], spectral)
+        return cls(plain.requires_grad_(True), D.init_args["size"], spectral, npr)
 
     @classmethod
-    def build(cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool) -> "GeneratedHead":
+    def build(
+        cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool, npr: bool = False
+    ) -> "GeneratedHead":
         """An untrained head with the right shapes (to load a state_dict into)."""
         D = Discriminator(size, channels, width, spectral_norm=False, minibatch_std=minibatch_std)
-        return cls(D, size, spectral)
+        return cls(D, size, spectral, npr)
 
     def train(self, mode: bool = True) -> "GeneratedHead":
         super().train(mode)
@@ -119,6 +150,8 @@ class GeneratedHead(nn.Module):
         logit = -self.d(crops)[0]
         if self.spectral is not None:
             logit = logit + self.spectral(crops)
+        if self.npr is not None:
+            logit = logit + self.npr(crops)
         return logit
 
 
