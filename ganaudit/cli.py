@@ -213,9 +213,9 @@ def train(
     head_npr: Annotated[
         Optional[bool],
         typer.Option(
-            help="Add the NPR branch (a small CNN on the image minus its nearest 2x down- and up-sampled copy, "
-            "where upsampling layers leave traces) to the generated head [default: off; with --retrain-head: as "
-            "the run had it]."
+            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
+            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
+            "of D [default: off; with --retrain-head: as the run had it]."
         ),
     ] = None,
     head_aux: Annotated[

@@ -5,8 +5,8 @@ Training layer (torch). The head sees images at native scale through the ONE cro
 
 * :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
-  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls), and an optional NPR branch,
-  a small CNN on the upsampling residual of :func:`npr_residual`.
+  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls). With ``npr`` the CNN reads
+  the upsampling residual of :func:`npr_residual` instead of the image, and starts untrained.
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
   G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
   so that format or quality cannot give the answer.
@@ -97,24 +97,6 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
     return x - F.interpolate(x[:, :, ::2, ::2], scale_factor=2.0, mode="nearest")
 
 
-class NPRBranch(nn.Module):
-    """Crop [B, C, S, S] -> logit contribution [B] from a small CNN on :func:`npr_residual`, pooled over the crop."""
-
-    def __init__(self, channels: int, hidden: int = 16) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, 1, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, 2 * hidden, 3, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * hidden, 2 * hidden, 3, 2, 1), nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * hidden, 1),
-        )  # fmt: skip
-        nn.init.zeros_(self.net[-1].weight)  # starts as a no-op: the head begins as D
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(npr_residual(x)).squeeze(1)
-
-
 class GeneratedHead(nn.Module):
     """Crops [B, C, S, S] -> generated logit [B] (higher = more likely generated)."""
 
@@ -122,11 +104,15 @@ class GeneratedHead(nn.Module):
         super().__init__()
         self.d = D
         self.spectral = SpectralBranch(size) if spectral else None
-        self.npr = NPRBranch(D.init_args["channels"]) if npr else None
+        self.npr = npr  # the CNN reads npr_residual(crops) instead of the crops
 
     @classmethod
     def from_discriminator(cls, D: Discriminator, spectral: bool = True, npr: bool = False) -> "GeneratedHead":
-        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D."""
+        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D, or, with
+        ``npr``, as a freshly initialised network of D's shape (D never saw residuals)."""
+        if npr:
+            args = {k: v for k, v in D.init_args.items() if k != "rotation"}
+            return cls(Discriminator(**args, spectral_norm=False), D.init_args["size"], spectral, npr)
         was_training = D.training
         plain = D.without_spectral_norm(rotation=False)
         D.train(was_training)
@@ -147,11 +133,9 @@ class GeneratedHead(nn.Module):
         return self
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        logit = -self.d(crops)[0]
+        logit = -self.d(npr_residual(crops) if self.npr else crops)[0]
         if self.spectral is not None:
             logit = logit + self.spectral(crops)
-        if self.npr is not None:
-            logit = logit + self.npr(crops)
         return logit
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ganaudit.datasets import load_dataset, read_idx
 from ganaudit.generated import (
-    RESIZE_SCALE, GeneratedHead, NPRBranch, SpectralBranch, augment, crops_of, head_logits, npr_residual, to_uint8,
+    RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, npr_residual, to_uint8,
 )  # fmt: skip
 from ganaudit.imaging import native_crops, native_regions, preprocess
 from ganaudit.nets import Discriminator
@@ -112,8 +112,6 @@ def test_npr_residual_is_zero_on_nearest_upsampled_images_and_not_on_photos():
     natural = torch.rand(3, 3, 16, 16)
     r = npr_residual(natural)
     assert float(r[:, :, ::2, ::2].abs().max()) == 0.0 and float(r.abs().mean()) > 0.1
-    with torch.no_grad():
-        assert float(NPRBranch(3)(natural).abs().max()) == 0.0  # zero-initialised: the head starts as D alone
 
 
 def test_head_starts_as_the_negated_discriminator():
@@ -194,8 +192,10 @@ def test_retrain_head_with_the_npr_branch_exports_with_parity(tmp_path):
     res = run_cli("train", *args, "--retrain-head", "--head-npr")
     assert res.exit_code == 0, res.output
     cfg, nets, _ = load_networks(tmp_path / "run")
-    assert cfg.head_npr and nets.H.npr is not None
-    assert any(float(p.detach().abs().max()) > 0 for p in nets.H.npr.net[-1].parameters())  # the branch trained
+    assert cfg.head_npr and nets.H.npr
+    x = torch.from_numpy(np.load(tmp_path / "run" / "validation.npy")[:8])
+    with torch.no_grad():  # the CNN reads the residual (and the spectrum drops the mean): a brightness shift is invisible
+        np.testing.assert_allclose(nets.H(x).numpy(), nets.H(x + 0.1).numpy(), rtol=1e-4, atol=1e-4)
     res = run_cli("train", *args, "--retrain-head")  # not given again: the run keeps its branches
     assert res.exit_code == 0, res.output
     assert load_networks(tmp_path / "run")[0].head_npr
