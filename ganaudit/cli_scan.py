@@ -80,8 +80,8 @@ def scan_cmd(
     threads: Annotated[
         Optional[int],
         typer.Option(
-            help="onnxruntime threads per scoring call (default: CPU count / workers). With --engine ray: CPUs "
-            "per actor, and its onnxruntime threads (default 1).",
+            help="onnxruntime threads per scoring call (default: CPU count / workers); idle ones sleep instead of "
+            "spinning. With --engine ray: CPUs per actor, and its onnxruntime threads (default 1).",
             show_default=False,
         ),
     ] = None,

@@ -468,7 +468,8 @@ class Trainer:
         x = torch.from_numpy(training_crops(reals + fakes, cfg.preprocess, rng)).to(self.device)
         y = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
         assert self.H_call is not None
-        loss = F.binary_cross_entropy_with_logits(self.H_call(x), y)
+        logits = self.H_call(x, method="branch_logits")  # across processes: through the head's DDP wrapper
+        loss = sum(F.binary_cross_entropy_with_logits(logit, y) for logit in logits) / len(logits)
         self.opt_h.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_h.step()
