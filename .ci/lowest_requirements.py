@@ -11,6 +11,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+# train and distributed are not here: the runtime tests .ci/floors runs use neither (their tests run in
+# the README's test command, on the versions it installs).
 EXTRAS = ("serve", "dev")
 # Not used by the runtime tests .ci/floors runs: benchmark/example data and the fuzzers' tools.
 SKIP = {"scikit-image", "hypothesis", "schemathesis"}

@@ -20,11 +20,12 @@ LAYERS = {
              "threads"],
     "runtime": ["evidence", "reasons", "scan", "scan_writers", "report"],
     "training": ["nets", "losses", "train", "datasets", "generated", "aux_generators", "scoring", "calibrate",
-                 "export", "export_graph", "export_fit", "export_int8", "rundir"],
+                 "export", "export_graph", "export_fit", "export_int8", "rundir", "ddp"],
 }
 MAP = {m: f"{layer}.{m}" for layer, mods in LAYERS.items() for m in mods}
 MAP["runtime"] = "runtime.detector"
 MAP["models"] = "core.shipped"
+MAP["distributed"] = "runtime.distributed"  # a package: its modules follow
 REVERSE = {v: k for k, v in MAP.items()}
 
 
@@ -122,7 +123,7 @@ def fix_refs(path: Path, keep_runtime: bool) -> bool:
     return False
 
 
-NEW_SUBS = {"runtime": {"detector", "evidence", "reasons", "scan", "scan_writers", "report"}}
+NEW_SUBS = {"runtime": {"detector", "evidence", "reasons", "scan", "scan_writers", "report", "distributed"}}
 
 
 def _dot(m, text, keep_runtime):

@@ -72,12 +72,18 @@ def scan_cmd(
     workers: Annotated[
         Optional[int],
         typer.Option(
-            help="Threads that read, decode and score images (default: min(4, CPU count)).", show_default=False
+            help="Threads that read, decode and score images (default: min(4, CPU count)). With --engine ray: "
+            "Ray actors (default: the cluster's CPUs / --threads).",
+            show_default=False,
         ),
     ] = None,
     threads: Annotated[
         Optional[int],
-        typer.Option(help="onnxruntime threads per scoring call (default: CPU count / workers); idle ones sleep instead of spinning.", show_default=False),
+        typer.Option(
+            help="onnxruntime threads per scoring call (default: CPU count / workers); idle ones sleep instead of "
+            "spinning. With --engine ray: CPUs per actor, and its onnxruntime threads (default 1).",
+            show_default=False,
+        ),
     ] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (read from the header, before decoding).")
@@ -97,6 +103,28 @@ def scan_cmd(
         bool, typer.Option("--json", help="Print summary.json to stdout instead of the one-line summary.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (threads in this process) or ray (Ray Data actors on a Ray cluster; pip install "
+            "'ganaudit[distributed]'). Same rows, summary and exit codes.",
+        ),
+    ] = "local",
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With --engine ray: the cluster, auto (the one `ray start` runs here) or ray://HOST:PORT "
+            "(default: start a local one).",
+            show_default=False,
+        ),
+    ] = None,
+    parquet: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the rows as Parquet shards (results-parquet/part-NNNNN.parquet) for big runs; "
+            "needs pyarrow ('ganaudit[distributed]')."
+        ),
+    ] = False,
     domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
 ) -> None:
     """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
@@ -115,7 +143,20 @@ def scan_cmd(
         formats, batch_size=batch_size, workers=workers, threads=threads, max_pixels=max_pixels, top_k=top_k,
         fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold, resume=resume,
     )  # fmt: skip
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise fail("--address needs --engine ray")
+    if parquet and "jsonl" not in formats:
+        raise fail("--parquet is written from results.jsonl: keep jsonl in --format")
     model_path = resolve_model(model)
+    run_elsewhere = None, None
+    if engine == "ray":
+        from ..runtime.distributed.ray_scan import setup
+
+        options = {"batch_size": batch_size, "max_pixels": max_pixels, "domain_gate": domain_gate}
+        run_elsewhere = setup(model_path, options, address=address, actors=workers, cpus_per_actor=threads)
+        workers, threads = None, None  # the driver's own pool only makes the report's thumbnails
     workers = default_workers() if workers is None else workers
     threads = default_threads(workers) if threads is None else threads
     detector = Detector.load(
@@ -137,8 +178,13 @@ def scan_cmd(
         result = scan(
             detector, paths, out, formats=formats, fpr=fpr, anomaly_threshold=anomaly_threshold,
             generated_threshold=generated_threshold, batch_size=batch_size, workers=workers, recursive=recursive,
-            resume=resume, top_k=top_k, model_path=model_path, on_progress=on_progress,
+            resume=resume, top_k=top_k, model_path=model_path, on_progress=on_progress, engine=run_elsewhere[0],
+            engine_info=run_elsewhere[1],
         )  # fmt: skip
+        if parquet:
+            from ..runtime.distributed.parquet import parquet_from_jsonl
+
+            parquet_from_jsonl(result.out / "results.jsonl", result.out / "results-parquet")
     except KeyboardInterrupt:
         raise fail(f"interrupted; partial results are in {out}. Continue with the same command plus --resume", EXIT_INTERRUPTED)
     finally:

@@ -128,8 +128,11 @@ def train(
 
     check_threads(threads)
     require_training_extra()
+    from ..training.ddp import is_main_process
+
     logging.getLogger("ganaudit").info(describe(use_torch_threads(threads)))
-    progress = progress_wanted(progress)
+    main_process = is_main_process()  # under torchrun only rank 0 prints, audits and writes
+    progress = progress_wanted(progress) and main_process
     from dataclasses import replace
 
     from ..training.datasets import load_dataset
@@ -153,7 +156,8 @@ def train(
         index_range=index_range, progress=progress,
         native_crops=run_cfg.native_crops if run_cfg.generated_head else 0,
     )  # fmt: skip
-    typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
+    if main_process:
+        typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)
     options = {"label": label, "index_range": index_range, "labels_file": str(labels) if labels else None}
     try:
         if retrain_head:
@@ -169,6 +173,8 @@ def train(
         )  # fmt: skip
     except KeyboardInterrupt:
         raise fail(f"interrupted; checkpoint saved. Continue with: ganaudit train {data} --out {out} --resume", EXIT_INTERRUPTED)
+    if not main_process:
+        return
     if audit:
         from ..audit.after_training import audit_run, report_dir, summary
 

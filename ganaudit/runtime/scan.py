@@ -29,7 +29,7 @@ import stat
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -224,6 +224,29 @@ def _process_chunk(detector: Detector, thr: Thresholds, entries: list[_Entry]) -
                 }  # fmt: skip
         rows.append(row)
     return rows
+
+
+# Maps the walk's chunks to their rows, chunk by chunk in walk order: the thread pool here, or another engine
+# (ganaudit.runtime.distributed.ray_scan) that scores the chunks' files elsewhere with _process_chunk.
+ChunkRows = tuple[list[_Entry], list[dict[str, Any]]]
+ChunkEngine = Callable[[Detector, Thresholds, Iterator[list[_Entry]]], Iterator[ChunkRows]]
+
+
+def _pool_engine(pool: ThreadPoolExecutor, window: int) -> ChunkEngine:
+    """Each pool task reads, decodes and scores one chunk; at most ``window`` chunks are in flight."""
+
+    def run(detector: Detector, thr: Thresholds, chunks: Iterator[list[_Entry]]) -> Iterator[ChunkRows]:
+        pending: deque[tuple[list[_Entry], Future]] = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_process_chunk, detector, thr, chunk)))
+            while len(pending) >= window:
+                entries, task = pending.popleft()
+                yield entries, task.result()
+        while pending:
+            entries, task = pending.popleft()
+            yield entries, task.result()
+
+    return run
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -448,7 +471,7 @@ def _new_summary(
         "model": _model_info(detector, model_path),
         "thresholds": _threshold_info(detector, thr, fpr),
         "counts": {},
-        **options,  # workers, threads, batch_size, recursive, resume: in this order
+        **options,  # workers, threads, batch_size, recursive, resume (, engine): in this order
     }
 
 
@@ -551,6 +574,8 @@ def scan(
     top_k: int = DEFAULT_TOP_K,
     model_path: str | os.PathLike | None = None,
     on_progress: ProgressCallback | None = None,
+    engine: ChunkEngine | None = None,
+    engine_info: dict[str, Any] | None = None,
 ) -> ScanResult:
     """Score every image file under ``paths`` and write the results to the folder ``out``.
 
@@ -587,6 +612,9 @@ def scan(
         Recorded in the summary.
     on_progress
         Called after each batch with the number of rows just written and the running counts.
+    engine, engine_info
+        Scores the chunks of files elsewhere (e.g. :func:`ganaudit.runtime.distributed.ray_scan.ray_engine`) instead
+        of the thread pool; ``engine_info`` is recorded in the summary as ``engine``.
 
     Returns a :class:`ScanResult`. Raises ConfigError for invalid options or missing paths; files that
     cannot be read never raise, they become rows with ``status="error"``.
@@ -615,8 +643,9 @@ def scan(
         raise ConfigError(f"--out {display_path(out_dir)} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = _new_summary(
-        detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, threads=detector.threads, batch_size=batch,
-        recursive=recursive, resume=resume,
+        detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, threads=detector.threads,
+        batch_size=batch, recursive=recursive, resume=resume,
+        **({"engine": engine_info} if engine_info is not None else {}),
     )  # fmt: skip
     jsonl_path = out_dir / FILE_NAMES["jsonl"]
     previous: _Resume | None = None
@@ -629,15 +658,15 @@ def scan(
     writers = [WRITERS[f](out_dir) for f in fmts]
     run = _ScanRun(detector, thr, out_dir, writers, previous, batch, n_workers, summary, walk_stats, on_progress, top_k)
     run.write_summary(complete=False)
-    run.run(candidates)
+    run.run(candidates, engine)
     return ScanResult(out_dir, summary)
 
 
 class _ScanRun:
     """One scan in progress: the pool and the chunks in flight, the writers, the tally, the resume index and the
-    summary. Chunks of up to ``batch`` files to decode (plus ready rows: walk errors, resumed rows) go to the
-    pool; each task reads, decodes and scores its chunk; at most ``window`` chunks are in flight, and their rows
-    reach the writers in walk order."""
+    summary. The walk is cut into chunks of up to ``batch`` files to decode (plus ready rows: walk errors,
+    resumed rows); an engine (the thread pool, or e.g. Ray) scores them and gives their rows back in walk order,
+    and they reach the writers in that order."""
 
     def __init__(
         self, detector: Detector, thr: Thresholds, out_dir: Path, writers: list[ScanWriter], previous: _Resume | None,
@@ -648,9 +677,6 @@ class _ScanRun:
         self.batch, self.n_workers, self.window = batch, n_workers, max(2, 2 * n_workers)
         self.summary, self.walk_stats, self.on_progress = summary, walk_stats, on_progress
         self.tally = _Tally(top_k)
-        self.pending: deque[tuple[Future, list[_Entry]]] = deque()
-        self.chunk: list[_Entry] = []
-        self.n_to_load = 0
         self.t0 = time.perf_counter()
         self.out_dir = out_dir
         self.jsonl = next((w for w in writers if w.format == "jsonl"), None)
@@ -669,19 +695,18 @@ class _ScanRun:
     def write_summary(self, complete: bool) -> None:
         write_summary(self.out_dir / SUMMARY_NAME, self.update_summary(complete))
 
-    def run(self, candidates: Iterable[Any]) -> None:
-        """Score every candidate, write the rows, then finish the writers and the summary."""
+    def run(self, candidates: Iterable[Any], engine: ChunkEngine | None = None) -> None:
+        """Score every candidate (on the thread pool, or with ``engine``), write the rows, then finish the writers
+        and the summary. The pool also makes the report's thumbnails."""
         for w in self.writers:
             w.open(resume=self.previous is not None)
         self.pool = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="ganaudit-scan")
         with self.pool:  # on the way out: wait for running tasks, cancel the queued ones
             complete = False
             try:
-                for cand in candidates:
-                    self.add(cand)
-                self.submit()
-                while self.pending:
-                    self.consume(*self.pending.popleft())
+                scored = (engine or _pool_engine(self.pool, self.window))(self.detector, self.thr, self.chunks(candidates))
+                for entries, rows in scored:
+                    self.consume(entries, rows)
                 complete = True
             finally:
                 if not complete:
@@ -699,33 +724,29 @@ class _ScanRun:
                 w.finish(done)
         self.write_summary(complete=True)
 
-    def add(self, cand: Any) -> None:
-        """Queue one file of the walk (or its walk error) in the current chunk."""
-        shown = display_path(cand.path)
-        if cand.error is not None:
-            self.chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
-        else:
-            hit = self.previous.match(shown, cand.path) if self.previous is not None else None
-            if hit is not None:
-                self.chunk.append((cand.path, shown, hit[0], hit[1]))
+    def chunks(self, candidates: Iterable[Any]) -> Iterator[list[_Entry]]:
+        """The walk in chunks of up to ``batch`` files to decode (plus ready rows: walk errors, resumed rows)."""
+        chunk: list[_Entry] = []
+        n_to_load = 0
+        for cand in candidates:
+            shown = display_path(cand.path)
+            if cand.error is not None:
+                chunk.append((cand.path, shown, _error_row(shown, cand.error), None))
             else:
-                self.chunk.append((cand.path, shown, None, None))
-                self.n_to_load += 1
-        if self.n_to_load >= self.batch or len(self.chunk) >= 4 * self.batch:
-            self.submit()
+                hit = self.previous.match(shown, cand.path) if self.previous is not None else None
+                if hit is not None:
+                    chunk.append((cand.path, shown, hit[0], hit[1]))
+                else:
+                    chunk.append((cand.path, shown, None, None))
+                    n_to_load += 1
+            if n_to_load >= self.batch or len(chunk) >= 4 * self.batch:
+                yield chunk
+                chunk, n_to_load = [], 0
+        if chunk:
+            yield chunk
 
-    def submit(self) -> None:
-        """Send the current chunk to the pool; write finished chunks while the window is full."""
-        if self.chunk:
-            task = self.pool.submit(_process_chunk, self.detector, self.thr, self.chunk)
-            self.pending.append((task, self.chunk))
-            self.chunk, self.n_to_load = [], 0
-        while len(self.pending) >= self.window:
-            self.consume(*self.pending.popleft())
-
-    def consume(self, task: Future, entries: list[_Entry]) -> None:
-        """Write one finished chunk's rows (in walk order) and add them to the tally."""
-        rows: list[dict[str, Any]] = task.result()
+    def consume(self, entries: list[_Entry], rows: list[dict[str, Any]]) -> None:
+        """Write one scored chunk's rows (in walk order) and add them to the tally."""
         new_rows = [row for (_, _, _, old), row in zip(entries, rows) if old is None]
         offsets: Sequence[int] = ()
         for w in self.writers:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from . import ddp
 from ..core.atomic import atomic_write
 from .datasets import Dataset, split_validation
 from ..core.errors import ConfigError, ModelFormatError
@@ -238,12 +239,23 @@ def feature_diversity(D: Discriminator, fake: torch.Tensor, real: torch.Tensor) 
 class Trainer:
     """Runs the adversarial phase then the encoder phase, one global step counter across both."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device) -> None:
+    def __init__(
+        self, cfg: TrainConfig, data: Dataset, run_dir: Path, device: torch.device, dist: ddp.Dist | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.dist = dist or ddp.Dist()
         self.x = torch.from_numpy(data.images).to(device)
         self.nets = build_networks(cfg)
         for m in (self.nets.G, self.nets.G_ema, self.nets.D, self.nets.E):
             m.to(device)
+        # Across processes (torchrun): one DDP wrapper each, this rank's share of the batch from its shard.
+        self.G_call, self.D_call, self.E_call = (ddp.caller(m, self.dist, device) for m in (self.nets.G, self.nets.D, self.nets.E))
+        self.H_call: Callable[..., Any] | None = None
+        self._buffers_synced = "gan"
+        self.local_batch = ddp.local_batch(self.dist, cfg.batch_size)
+        self.shard = ddp.ShardedBatches(len(self.x), self.dist, self.local_batch, cfg.seed) if self.dist.enabled else None
+        if self.dist.enabled:  # the wrappers took rank 0's weights: the EMA copy starts from them too
+            self.nets.G_ema.load_state_dict(self.nets.G.state_dict())
         self.opt_g = torch.optim.Adam(self.nets.G.parameters(), cfg.lr_g, betas=(0.0, 0.9))
         self.opt_d = torch.optim.Adam(self.nets.D.parameters(), cfg.lr_d, betas=(0.0, 0.9))
         self.opt_e = torch.optim.Adam(self.nets.E.parameters(), cfg.lr_e, betas=(0.5, 0.999))
@@ -272,10 +284,18 @@ class Trainer:
             "opt_d": self.opt_d.state_dict(),
             "opt_e": self.opt_e.state_dict(),
             "rng": torch.get_rng_state(),
+            **self._dist_state(),
             "config": asdict(self.cfg),
             "ganaudit_version": __version__,
             **(self._head_state() if n.H is not None and self.opt_h is not None else {}),
         }
+
+    def _dist_state(self) -> dict[str, Any]:
+        """Across processes: every rank's RNG state and the sampler position (a collective call)."""
+        if not self.dist.enabled:
+            return {}
+        assert self.shard is not None
+        return {"rng_ranks": ddp.gather(self.dist, torch.get_rng_state()), "batches_drawn": self.shard.drawn}
 
     def _head_state(self) -> dict[str, Any]:
         assert self.nets.H is not None and self.opt_h is not None
@@ -293,13 +313,22 @@ class Trainer:
             self.opt_h.load_state_dict(ckpt["opt_h"])
         torch.set_rng_state(ckpt["rng"])
         self.step = int(ckpt["step"])
+        if self.dist.enabled:
+            ranks = ckpt.get("rng_ranks", [])
+            if len(ranks) == self.dist.world:
+                torch.set_rng_state(ranks[self.dist.rank])
+            else:  # resumed with another number of processes: fresh, distinct streams per rank
+                torch.manual_seed(self.cfg.seed + 1000 * self.step + self.dist.rank)
+            self.shard.drawn = int(ckpt.get("batches_drawn", 0))  # type: ignore[union-attr]
 
     def checkpoint(self) -> None:
-        save_checkpoint(RunDir(self.run_dir).checkpoint, self.state())
+        state = self.state()  # on every rank: it gathers the ranks' RNG states
+        if self.dist.is_main:
+            save_checkpoint(RunDir(self.run_dir).checkpoint, state)
 
     # --- steps -------------------------------------------------------------------
     def batch(self) -> torch.Tensor:
-        idx = torch.randint(len(self.x), (self.cfg.batch_size,))
+        idx = self.shard.next() if self.shard is not None else torch.randint(len(self.x), (self.cfg.batch_size,))
         return self.x[idx.to(self.device)]
 
     def noise(self, n: int) -> torch.Tensor:
@@ -320,10 +349,10 @@ class Trainer:
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
         if cfg.rotation:
-            real_logit, _, rot_logits = D.with_rotations(real_in)
+            real_logit, _, rot_logits = self.D_call(real_in, method="with_rotations")
         else:
-            real_logit, _ = D(real_in)
-        fake_logit, _ = D(instance_noise(fake, sigma))
+            real_logit, _ = self.D_call(real_in)
+        fake_logit, _ = self.D_call(instance_noise(fake, sigma))
         loss = self.d_loss_fn(real_logit, fake_logit)
         if cfg.rotation:
             loss = loss + cfg.rotation * F.cross_entropy(rot_logits, rotation_targets(len(real), self.device))
@@ -337,9 +366,9 @@ class Trainer:
         return loss.item()
 
     def g_step(self) -> float:
-        G, D = self.nets.G, self.nets.D
+        D = self.nets.D
         D.requires_grad_(False)
-        fake = instance_noise(self._augment(G(self.noise(self.cfg.batch_size))), self._sigma())
+        fake = instance_noise(self._augment(self.G_call(self.noise(self.local_batch))), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
             fake_logit, _, rot_logits = D.with_rotations(fake)
             rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
@@ -365,7 +394,7 @@ class Trainer:
     def e_step(self) -> float:
         G, D, E = self.nets.G_ema, self.nets.D, self.nets.E
         x = self.batch()
-        rec = G(E(x))
+        rec = G(self.E_call(x))
         _, f_x = D(x)
         _, f_rec = D(rec)
         loss = izif_loss(x, rec, f_x, f_rec, self.cfg.kappa)
@@ -380,6 +409,8 @@ class Trainer:
 
     def save_snapshot(self) -> None:
         """Keep the generator of this moment: the head later trains on samples of every snapshot."""
+        if not self.dist.is_main:
+            return
         buf = io.BytesIO()
         torch.save(self.nets.G.state_dict(), buf)
         atomic_write(RunDir(self.run_dir).snapshot(self.step), buf.getvalue())
@@ -393,7 +424,10 @@ class Trainer:
                     self.nets.D, self.cfg.head_spectral, self.cfg.head_npr
                 ).to(self.device)
             self.opt_h = self._head_optimizer(self.nets.H)
+        if self.H_call is None:
+            self.H_call = ddp.caller(self.nets.H, self.dist, self.device)
         if self.pool is None:
+            ddp.barrier(self.dist)  # rank 0's last generator snapshots are on disk
             src = PoolSources(
                 [g.to(self.device) for g in load_snapshots(self.run_dir, self.nets.G)],
                 self.nets.G_ema, self.nets.E, self.x.cpu().numpy(),
@@ -410,13 +444,15 @@ class Trainer:
         """One head step: a batch of real and of generated images, augmented alike, one random native crop each."""
         head, cfg, native = self._head_ready(), self.cfg, self.native
         assert native is not None and self.pool is not None and self.opt_h is not None
-        rng = np.random.default_rng([cfg.seed, 7, self.step])  # per-step stream: resume gives the same batches
-        n = cfg.batch_size
+        rank = [self.dist.rank] if self.dist.enabled else []
+        rng = np.random.default_rng([cfg.seed, 7, self.step, *rank])  # per-step stream: resume gives the same batches
+        n = self.local_batch
         reals = [native[i, k] for i, k in zip(rng.integers(len(native), size=n), rng.integers(native.shape[1], size=n))]
         fakes = [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
         x = torch.from_numpy(training_crops(reals + fakes, cfg.preprocess, rng)).to(self.device)
         y = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
-        logits = head.branch_logits(x)
+        assert self.H_call is not None
+        logits = self.H_call(x, method="branch_logits")  # across processes: through the head's DDP wrapper
         loss = sum(F.binary_cross_entropy_with_logits(logit, y) for logit in logits) / len(logits)
         self.opt_h.zero_grad(set_to_none=True)
         loss.backward()
@@ -450,6 +486,9 @@ class Trainer:
         if self.step < cfg.steps:
             d_loss = sum(self.d_step() for _ in range(cfg.n_critic)) / cfg.n_critic
             return {"d_loss": d_loss, "g_loss": self.g_step()}
+        if self._buffers_synced != self.phase(self.step + 1):  # frozen nets run on rank 0's running statistics
+            ddp.sync_buffers(self.dist, nets.G, nets.G_ema, nets.D, nets.E)
+            self._buffers_synced = self.phase(self.step + 1)
         nets.D.eval().requires_grad_(False)  # frozen: mbstd uses its running statistic
         if self.step < cfg.steps + cfg.encoder_steps:
             return {"e_loss": self.e_step()}
@@ -471,11 +510,14 @@ class Trainer:
         cfg, metrics_path = self.cfg, RunDir(self.run_dir).metrics
         for m in (self.nets.G, self.nets.D, self.nets.E):
             m.train()
-        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        main = self.dist.is_main  # only rank 0 shows progress and writes files
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not (progress and main), unit="step",
+                   dynamic_ncols=True)  # fmt: skip
         t0, s0 = time.perf_counter(), self.step
-        with deferred_sigint() as interrupted, metrics_path.open("a") as metrics:
+        opened = metrics_path.open("a") if main else contextlib.nullcontext()
+        with deferred_sigint() as interrupted, opened as metrics:
             end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
-            while self.step < end and not interrupted():
+            while self.step < end and not ddp.any_rank(self.dist, interrupted()):
                 bar.set_description(PHASE_NAMES[self.phase(self.step + 1)])
                 losses = self._one_step()
                 self.step += 1
@@ -484,9 +526,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 record: dict[str, Any] = {}
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     record.update(self.write_samples())
-                if record or self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                if main and (record or self.step % cfg.log_every == 0 or self.step == cfg.total_steps):
                     rate = (self.step - s0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
                     record = {"step": self.step, "phase": self.phase(self.step), **losses, **record,
                               "img_per_s": round(rate, 1)}  # fmt: skip
@@ -578,15 +620,19 @@ def check_same_data(data: Dataset, run_dir: Path) -> None:
         )
 
 
-def resume_run(data: Dataset, run_dir: Path) -> tuple[TrainConfig, Dataset, dict[str, Any]]:
-    """Reload config and checkpoint of an interrupted run and check the data is the same."""
+def resume_run(data: Dataset, run_dir: Path, write: bool = True) -> tuple[TrainConfig, Dataset, dict[str, Any]]:
+    """Reload config and checkpoint of an interrupted run and check the data is the same.
+
+    ``write=False`` (every rank but 0 across processes) leaves the run's files alone."""
     ckpt = load_checkpoint(run_dir)
     cfg = load_config(run_dir)
     check_same_data(data, run_dir)
     train_idx, _ = split_validation(len(data), cfg.val_fraction, cfg.seed)
+    train = data.subset(train_idx)
+    if not write:
+        return cfg, train, ckpt
     run = RunDir(run_dir)
     truncate_metrics(run.metrics, int(ckpt["step"]))
-    train = data.subset(train_idx)
     if not run.memory_bank.is_file():  # runs made before the kNN score kept no memory bank
         log.info("adding the memory bank (%s) to %s", MEMORY_BANK, run_dir)
         run.write_memory_bank(train.images, cfg.seed)
@@ -633,29 +679,37 @@ def train(
     with those settings would have trained.
     """
     run_dir = Path(run_dir)
-    dev = pick_device(device)
+    job, dev = ddp.init(pick_device(device))  # several processes under torchrun; otherwise a no-op
+    ddp.local_batch(job, cfg.batch_size)  # refuse a batch that does not split before anything is written
     if retrain_head:
         check_same_data(data, run_dir)  # before anything is rewound
-        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_RETRAIN_OPTIONS})
+        options = {k: getattr(cfg, k) for k in HEAD_RETRAIN_OPTIONS}
+        ddp.on_main(job, lambda: reset_head(run_dir, cfg.head_steps, options))
         resume = True
     if resume:
-        cfg, train_data, ckpt = resume_run(data, run_dir)
+        ddp.on_main(job, lambda: resume_run(data, run_dir))  # rank 0 tidies the run's files first
+        cfg, train_data, ckpt = resume_run(data, run_dir, write=False)
     else:
         if data.channels != cfg.channels:
             cfg = TrainConfig.from_dict({**asdict(cfg), "channels": data.channels})
-        warn_rotation_on_stationary(cfg, data)
+        if job.is_main:
+            warn_rotation_on_stationary(cfg, data)
         torch.manual_seed(cfg.seed)
-        train_data = prepare_run(cfg, data, run_dir, data_options or {})
+        ddp.on_main(job, lambda: prepare_run(cfg, data, run_dir, data_options or {}))
+        train_data = data.subset(split_validation(len(data), cfg.val_fraction, cfg.seed)[0])
         ckpt = None
-    trainer = Trainer(cfg, train_data, run_dir, dev)
-    if ckpt is not None:
-        trainer.load_state(ckpt)
-    else:
-        torch.manual_seed(cfg.seed)
-    if trainer.step >= cfg.total_steps:
-        log.info("run %s is already complete (%d steps)", run_dir, trainer.step)
-        return run_dir
-    trainer.run(progress=progress, stop_at=stop_at)
+    try:
+        trainer = Trainer(cfg, train_data, run_dir, dev, job)
+        if ckpt is not None:
+            trainer.load_state(ckpt)
+        else:
+            torch.manual_seed(cfg.seed + job.rank)  # rank 0 (and a single process) draws the seed's own stream
+        if trainer.step >= cfg.total_steps:
+            log.info("run %s is already complete (%d steps)", run_dir, trainer.step)
+            return run_dir
+        trainer.run(progress=progress, stop_at=stop_at)
+    finally:
+        ddp.finish(job)
     return run_dir
 
 
