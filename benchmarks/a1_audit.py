@@ -56,7 +56,8 @@ def blurred(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_kinds(ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, ImageSet]:
     """The generated sets of every kind; ``pool`` is held-out real images (never trained on, not the holdout)."""
     rng = np.random.default_rng(seed)
-    ideal = subset(pool, np.arange(min(n, len(pool.images))), "held-out real images")
+    # a random subset: the pool is in folder (class) order for CIFAR-10, so its first n images are a few classes only
+    ideal = subset(pool, np.sort(rng.permutation(len(pool.images))[:n]), "held-out real images")
     m = len(ideal.images)
     modes = ideal.images[rng.choice(m, 8, replace=False)]
     collapsed = noisy(modes[rng.integers(0, 8, m)], rng)
