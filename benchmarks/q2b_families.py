@@ -265,7 +265,7 @@ def evaluate(models: dict[str, Path], real: np.ndarray, fakes: dict[str, np.ndar
     for family, imgs in fakes.items():
         model = models[family]
         if model not in cache:
-            det = Detector.load(model, threads=threads)
+            det = Detector.load(model, threads=threads, domain_gate=False)  # the head itself; the gate: q2_domain_gate.py
             cache[model] = (det, {k: scores(det, real, k) for k in kinds})
         det, real_scores = cache[model]
         thr = det.thresholds.generated

@@ -117,7 +117,7 @@ def main() -> None:
 
     for family in families:
         model = args.work / f"{args.variant}-{family}.onnx"
-        det = Detector.load(model, threads=1)
+        det = Detector.load(model, threads=1, domain_gate=False)  # the head itself; the gate: q2_domain_gate.py
         held = sorted((args.run / AUX_DIR).glob(f"{AUX_OF.get(family, family)}_*.npy"))
         if not held:
             print(f"no cached auxiliary samples of {family} in {args.run / AUX_DIR}: dev split skipped", file=sys.stderr)

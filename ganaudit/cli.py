@@ -190,6 +190,13 @@ def train(
         bool,
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),
     ] = True,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Differentiable augmentation (DiffAugment) of every image D judges while the GAN trains, real and "
+            "generated alike: none, translation, flip, or translation,flip. Helps on small sets of photographs."
+        ),
+    ] = "none",
     head_steps: Annotated[
         Optional[int], typer.Option(help="Generated-head training steps (default: four times --steps).")
     ] = None,
@@ -197,8 +204,20 @@ def train(
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
     ] = 4,
     head_spectral: Annotated[
-        bool, typer.Option(help="Add the power-spectrum branch to the generated head.")
-    ] = True,
+        Optional[bool],
+        typer.Option(
+            help="Add the power-spectrum branch to the generated head [default: on; with --retrain-head: as the "
+            "run had it]."
+        ),
+    ] = None,
+    head_npr: Annotated[
+        Optional[bool],
+        typer.Option(
+            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
+            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
+            "of D [default: off; with --retrain-head: as the run had it]."
+        ),
+    ] = None,
     head_aux: Annotated[
         str,
         typer.Option(
@@ -238,10 +257,10 @@ def train(
         encoder_steps=encoder_steps, batch_size=batch_size, seed=seed, z_dim=z_dim, width=width, lr_g=lr_g,
         lr_d=lr_d, lr_e=lr_e, n_critic=n_critic, ema=ema, spectral_norm=spectral_norm,
         minibatch_std=minibatch_std, r1=r1, instance_noise=instance_noise, kappa=kappa, rotation=rotation,
-        rotation_g=rotation_g,
+        rotation_g=rotation_g, augment=augment,
         val_fraction=val_fraction, sample_every=sample_every, checkpoint_every=checkpoint_every,
         generated_head=generated_head, head_steps=head_steps, native_crops=native_crops,
-        head_spectral=head_spectral, head_aux=head_aux, head_aux_steps=head_aux_steps,
+        head_spectral=head_spectral is not False, head_npr=bool(head_npr), head_aux=head_aux, head_aux_steps=head_aux_steps,
     )  # fmt: skip
     run_cfg = load_config(out) if resume or retrain_head else cfg  # a resumed run keeps its own settings
     dataset = load_dataset(
@@ -254,7 +273,11 @@ def train(
     try:
         if retrain_head:
             # head_steps None: the default for the run's GAN steps
-            cfg = replace(run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps)
+            cfg = replace(
+                run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps,
+                head_spectral=run_cfg.head_spectral if head_spectral is None else head_spectral,
+                head_npr=run_cfg.head_npr if head_npr is None else head_npr,
+            )  # fmt: skip
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
             retrain_head=retrain_head,

@@ -5,7 +5,8 @@ Training layer (torch). The head sees images at native scale through the ONE cro
 
 * :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
-  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls).
+  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls). With ``npr`` the CNN reads
+  the upsampling residual of :func:`npr_residual` instead of the image, and starts untrained.
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
   G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
   so that format or quality cannot give the answer.
@@ -87,27 +88,43 @@ class SpectralBranch(nn.Module):
         return self.mlp(self.profile(x)).squeeze(1)
 
 
+def npr_residual(x: torch.Tensor) -> torch.Tensor:
+    """Neighbouring-pixel residual (NPR, Tan et al. 2024): ``x`` minus its nearest 2x down- then up-sampled copy.
+
+    Zero at the top-left pixel of every 2x2 block; elsewhere the difference to it, which shows the local
+    correlations that upsampling layers (nearest, bilinear, transposed conv, pixel shuffle) leave behind.
+    """
+    return x - F.interpolate(x[:, :, ::2, ::2], scale_factor=2.0, mode="nearest")
+
+
 class GeneratedHead(nn.Module):
     """Crops [B, C, S, S] -> generated logit [B] (higher = more likely generated)."""
 
-    def __init__(self, D: Discriminator, size: int, spectral: bool = True) -> None:
+    def __init__(self, D: Discriminator, size: int, spectral: bool = True, npr: bool = False) -> None:
         super().__init__()
         self.d = D
         self.spectral = SpectralBranch(size) if spectral else None
+        self.npr = npr  # the CNN reads npr_residual(crops) instead of the crops
 
     @classmethod
-    def from_discriminator(cls, D: Discriminator, spectral: bool = True) -> "GeneratedHead":
-        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D."""
+    def from_discriminator(cls, D: Discriminator, spectral: bool = True, npr: bool = False) -> "GeneratedHead":
+        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D, or, with
+        ``npr``, as a freshly initialised network of D's shape (D never saw residuals)."""
+        if npr:
+            args = {k: v for k, v in D.init_args.items() if k != "rotation"}
+            return cls(Discriminator(**args, spectral_norm=False), D.init_args["size"], spectral, npr)
         was_training = D.training
         plain = D.without_spectral_norm(rotation=False)
         D.train(was_training)
-        return cls(plain.requires_grad_(True), D.init_args["size"], spectral)
+        return cls(plain.requires_grad_(True), D.init_args["size"], spectral, npr)
 
     @classmethod
-    def build(cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool) -> "GeneratedHead":
+    def build(
+        cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool, npr: bool = False
+    ) -> "GeneratedHead":
         """An untrained head with the right shapes (to load a state_dict into)."""
         D = Discriminator(size, channels, width, spectral_norm=False, minibatch_std=minibatch_std)
-        return cls(D, size, spectral)
+        return cls(D, size, spectral, npr)
 
     def train(self, mode: bool = True) -> "GeneratedHead":
         super().train(mode)
@@ -116,7 +133,7 @@ class GeneratedHead(nn.Module):
         return self
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        logit = -self.d(crops)[0]
+        logit = -self.d(npr_residual(crops) if self.npr else crops)[0]
         if self.spectral is not None:
             logit = logit + self.spectral(crops)
         return logit

@@ -53,6 +53,35 @@ def instance_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x + sigma * torch.randn_like(x) if sigma > 0 else x
 
 
+AUGMENTS = ("translation", "flip")
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    """``"none"``, ``""`` or a comma list of :data:`AUGMENTS` -> the chosen operations, in a fixed order."""
+    chosen = {a.strip() for a in spec.split(",") if a.strip() and a.strip() != "none"}
+    unknown = chosen - set(AUGMENTS)
+    if unknown:
+        raise ValueError(f"unknown augmentation {', '.join(sorted(unknown))}: choose from none, {', '.join(AUGMENTS)}")
+    return tuple(a for a in AUGMENTS if a in chosen)
+
+
+def diff_augment(x: torch.Tensor, ops: tuple[str, ...]) -> torch.Tensor:
+    """Differentiable augmentation of D's inputs (DiffAugment, Zhao et al. 2020), applied to real AND generated
+    images alike so that G is not taught to imitate it: per image, a shift of up to 1/8 of the side with zero
+    fill ("translation") and a horizontal mirror with probability 1/2 ("flip")."""
+    n, _, h, w = x.shape
+    if "flip" in ops:
+        x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    if "translation" in ops:
+        s = max(1, h // 8)
+        dy, dx = (torch.randint(-s, s + 1, (2, n, 1, 1), device=x.device) + s).unbind(0)
+        rows = (torch.arange(h, device=x.device)[None, :, None] + dy).expand(n, h, w)
+        cols = (torch.arange(w, device=x.device)[None, None, :] + dx).expand(n, h, w)
+        padded = F.pad(x, (s, s, s, s))
+        x = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    return x
+
+
 def izif_loss(
     x: torch.Tensor, x_rec: torch.Tensor, f_x: torch.Tensor, f_rec: torch.Tensor, kappa: float
 ) -> torch.Tensor:

@@ -43,7 +43,7 @@ from .generated import (
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
 from .layout import alignment, is_stationary
-from .losses import LOSSES, gradient_penalty, instance_noise, izif_loss, r1_penalty
+from .losses import LOSSES, diff_augment, gradient_penalty, instance_noise, izif_loss, parse_augment, r1_penalty
 from .nets import Discriminator, Encoder, Generator, rotation_targets
 from .spec import PreprocessSpec, check_size
 
@@ -57,7 +57,7 @@ AUDIT_JSON = "audit/audit.json"
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
 MODE_COLLAPSE_RATIO = 0.5
-HEAD_POOL_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share")  # --retrain-head takes these anew
+HEAD_RETRAIN_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
@@ -92,6 +92,9 @@ class TrainConfig:
     # AUROC (docs/benchmarks.md, Q4).
     rotation: float = 0.0
     rotation_g: float = 0.2
+    # Differentiable augmentation of every image D judges in the GAN phase, real and generated alike (DiffAugment):
+    # "none" or a comma list of "translation", "flip".
+    augment: str = "none"
     val_fraction: float = 0.1
     # Generated-image head (trained after the encoder; see generated.py). Off by default in the Python API
     # (existing configs keep their meaning); `ganaudit train` turns it on unless --no-generated-head.
@@ -100,6 +103,7 @@ class TrainConfig:
     head_lr: float = 1e-4
     head_pool: int = 4096
     head_spectral: bool = True
+    head_npr: bool = False
     # Auxiliary generators of other families in the head's fake pool (aux_generators.py): "" / "none", "all",
     # or a comma list; they take head_aux_share of the pool and train head_aux_steps steps each.
     head_aux: str = ""
@@ -119,6 +123,10 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.rotation < 0 or self.rotation_g < 0:
             raise ConfigError(f"rotation weights must be >= 0, got {self.rotation} and {self.rotation_g}")
+        try:
+            self.augment = ",".join(parse_augment(self.augment)) or "none"  # normalised: validated, fixed order
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         if self.head_steps is not None and self.head_steps < 0:
@@ -188,7 +196,7 @@ class Networks:
 
 
 def build_head(cfg: TrainConfig) -> GeneratedHead:
-    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral)
+    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral, cfg.head_npr)
 
 
 def build_networks(cfg: TrainConfig) -> Networks:
@@ -318,11 +326,14 @@ class Trainer:
         """Instance-noise level, annealed linearly to 0 over the adversarial phase."""
         return self.cfg.instance_noise * max(0.0, 1 - self.step / max(1, self.cfg.steps))
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, parse_augment(self.cfg.augment)) if self.cfg.augment != "none" else x
+
     def d_step(self) -> float:
         cfg, G, D = self.cfg, self.nets.G, self.nets.D
-        real = self.batch()
+        real = self._augment(self.batch())
         with torch.no_grad():
-            fake = G(self.noise(len(real)))
+            fake = self._augment(G(self.noise(len(real))))
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
         if cfg.rotation:
@@ -345,7 +356,7 @@ class Trainer:
     def g_step(self) -> float:
         G, D = self.nets.G, self.nets.D
         D.requires_grad_(False)
-        fake = instance_noise(G(self.noise(self.cfg.batch_size)), self._sigma())
+        fake = instance_noise(self._augment(G(self.noise(self.cfg.batch_size))), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
             fake_logit, _, rot_logits = D.with_rotations(fake)
             rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
@@ -395,7 +406,9 @@ class Trainer:
         if self.nets.H is None:
             with torch.random.fork_rng(devices=[]):  # its own seed: the head phase depends only on the trained nets
                 torch.manual_seed(self.cfg.seed + 3)
-                self.nets.H = GeneratedHead.from_discriminator(self.nets.D, self.cfg.head_spectral).to(self.device)
+                self.nets.H = GeneratedHead.from_discriminator(
+                    self.nets.D, self.cfg.head_spectral, self.cfg.head_npr
+                ).to(self.device)
             self.opt_h = self._head_optimizer(self.nets.H)
         if self.pool is None:
             src = PoolSources(
@@ -652,7 +665,7 @@ def train(
     dev = pick_device(device)
     if retrain_head:
         check_same_data(data, run_dir)  # before anything is rewound
-        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_POOL_OPTIONS})
+        reset_head(run_dir, cfg.head_steps, {k: getattr(cfg, k) for k in HEAD_RETRAIN_OPTIONS})
         resume = True
     if resume:
         cfg, train_data, ckpt = resume_run(data, run_dir)

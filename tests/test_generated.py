@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ganaudit.datasets import load_dataset, read_idx
-from ganaudit.generated import RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, to_uint8
+from ganaudit.generated import (
+    RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, npr_residual, to_uint8,
+)  # fmt: skip
 from ganaudit.imaging import native_crops, native_regions, preprocess
 from ganaudit.nets import Discriminator
 from ganaudit.runtime import Detector
@@ -102,6 +104,16 @@ def test_spectral_branch_finds_the_frequency_of_a_grating():
         assert float(branch(grating)) == 0.0  # zero-initialised: the head starts as D alone
 
 
+def test_npr_residual_is_zero_on_nearest_upsampled_images_and_not_on_photos():
+    torch.manual_seed(0)
+    small = torch.rand(3, 3, 8, 8)
+    upsampled = torch.nn.functional.interpolate(small, scale_factor=2.0, mode="nearest")
+    assert float(npr_residual(upsampled).abs().max()) == 0.0
+    natural = torch.rand(3, 3, 16, 16)
+    r = npr_residual(natural)
+    assert float(r[:, :, ::2, ::2].abs().max()) == 0.0 and float(r.abs().mean()) > 0.1
+
+
 def test_head_starts_as_the_negated_discriminator():
     torch.manual_seed(0)
     D = Discriminator(16, 1, 8).eval()
@@ -170,6 +182,27 @@ def test_retrain_head_gives_the_head_a_fresh_run_with_those_head_steps_would_hav
     res = run_cli("train", "sklearn:digits?label=4", *args[1:], "--out", tmp_path / "short", "--retrain-head")
     assert res.exit_code == 2 and "data differs" in res.stderr
     assert load_checkpoint(tmp_path / "short")["step"] == 25  # refused before anything was rewound
+
+
+def test_retrain_head_with_the_npr_branch_exports_with_parity(tmp_path):
+    args = ["sklearn:digits?label=3", "--size", "16", "--width", "8", "--z-dim", "8", "--batch-size", "16",
+            "--steps", "12", "--encoder-steps", "4", "--head-steps", "6", "--sample-every", "6",
+            "--checkpoint-every", "6", "--no-progress", "--no-audit", "--out", tmp_path / "run"]  # fmt: skip
+    assert run_cli("train", *args).exit_code == 0
+    res = run_cli("train", *args, "--retrain-head", "--head-npr")
+    assert res.exit_code == 0, res.output
+    cfg, nets, _ = load_networks(tmp_path / "run")
+    assert cfg.head_npr and nets.H.npr
+    x = torch.from_numpy(np.load(tmp_path / "run" / "validation.npy")[:8])
+    with torch.no_grad():  # the CNN reads the residual (and the spectrum drops the mean): a brightness shift is invisible
+        np.testing.assert_allclose(nets.H(x).numpy(), nets.H(x + 0.1).numpy(), rtol=1e-4, atol=1e-4)
+    res = run_cli("train", *args, "--retrain-head")  # not given again: the run keeps its branches
+    assert res.exit_code == 0, res.output
+    assert load_networks(tmp_path / "run")[0].head_npr
+    res = run_cli("export", tmp_path / "run", "--output", tmp_path / "m.onnx")
+    assert res.exit_code == 0, res.output  # export checks torch-vs-onnxruntime parity of every output
+    verdicts = Detector.load(tmp_path / "m.onnx").detect([np.full((16, 16), 128, np.uint8)])
+    assert verdicts[0].generated_score is not None
 
 
 def test_head_needs_native_crops_with_a_clear_message(tmp_path):

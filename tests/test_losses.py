@@ -51,3 +51,20 @@ def test_instance_noise_zero_sigma_is_identity():
     x = torch.randn(2, 1, 4, 4)
     assert losses.instance_noise(x, 0.0) is x
     assert not torch.equal(losses.instance_noise(x, 0.1), x)
+
+
+def test_diff_augment_shifts_with_zero_fill_and_mirrors_each_image_on_its_own():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) + 1  # strictly positive: zero fill shows where the shift moved in from
+    moved = losses.diff_augment(x, ("translation",))
+    assert moved.shape == x.shape
+    zero_cols = (moved == 0).all(dim=(1, 2)).sum(dim=1)  # per image, columns entirely zero
+    assert zero_cols.max() <= 2 and len(set(zero_cols.tolist())) > 1  # at most 16 // 8 px, differs per image
+    kept = torch.stack([m[m != 0].sum() for m in moved]) / torch.stack([v.sum() for v in x])
+    assert float(kept.max()) <= 1.0
+    flipped = losses.diff_augment(x, ("flip",))
+    same, mirrored = (flipped == x).flatten(1).all(1), (flipped == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54
+    assert losses.parse_augment("none") == () and losses.parse_augment("flip,translation") == ("translation", "flip")
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        losses.parse_augment("rotate")

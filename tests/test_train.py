@@ -236,9 +236,11 @@ def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout
     run, model = tmp_path / "rot", tmp_path / "rot.onnx"
     args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "30", "--encoder-steps", "10", "--batch-size", "16",
             "--no-generated-head", "--no-progress", "--no-audit", "--rotation", "1"]  # fmt: skip
-    res = run_cli("train", mnist_path, "--label", "1", "--index-range", "0:2000", "--out", run, *args)
+    res = run_cli("train", mnist_path, "--label", "1", "--index-range", "0:2000", "--out", run, *args,
+                  "--augment", "flip, translation")  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert json.loads((run / "config.json").read_text())["rotation"] == 1.0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["rotation"] == 1.0 and cfg["augment"] == "translation,flip"
     assert run_cli("export", run, "-o", model).exit_code == 0
     det = Detector.load(model)
     sc = det.spec.scoring
@@ -248,6 +250,8 @@ def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout
     assert v.components["rotation_score"] > 0  # a summed cross-entropy
     bad = run_cli("train", mnist_path, "--out", tmp_path / "x", "--rotation", "-1", *args[:-2])
     assert bad.exit_code == 2 and "rotation" in bad.stderr
+    bad = run_cli("train", mnist_path, "--out", tmp_path / "x", "--augment", "rotate", *args)
+    assert bad.exit_code == 2 and "unknown augmentation rotate" in bad.stderr and not (tmp_path / "x").exists()
 
 
 def test_export_refuses_the_oriented_layout_without_the_rotation_task(tiny_run, tmp_path):
