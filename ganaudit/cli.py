@@ -118,6 +118,9 @@ def _root(
     ] = False,
 ) -> None:
     _state["quiet"] = quiet
+    from .threads import share_cores
+
+    share_cores()  # before any command imports torch: libgomp reads its wait policy once
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
@@ -213,9 +216,9 @@ def train(
     head_npr: Annotated[
         Optional[bool],
         typer.Option(
-            help="The generated head's CNN reads the image minus its nearest 2x down- and up-sampled copy (NPR: "
-            "where upsampling layers leave traces) and starts untrained, instead of reading the image from a copy "
-            "of D [default: off; with --retrain-head: as the run had it]."
+            help="Add a second CNN to the generated head that reads only the image minus its nearest 2x down- and "
+            "up-sampled copy (NPR: where upsampling layers leave traces); the head's logit is the larger of the "
+            "two [default: off; with --retrain-head: as the run had it]."
         ),
     ] = None,
     head_aux: Annotated[
@@ -233,9 +236,18 @@ def train(
     audit: Annotated[
         bool, typer.Option(help="End with a short audit of the generator against the held-out images (RUN/audit/).")
     ] = True,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="torch threads (default: one per core). Idle threads wait briefly, then sleep, so "
+                     "trainings can share the cores; see docs/training.md.", show_default=False),
+    ] = None,
 ) -> None:
     """Train a GAN and its encoder on normal/real images."""
+    from .threads import check_threads, describe, use_torch_threads
+
+    check_threads(threads)
     _require_training_extra()
+    logging.getLogger("ganaudit").info(describe(use_torch_threads(threads)))
     progress = progress_wanted(progress)
     from dataclasses import replace
 

@@ -77,7 +77,7 @@ def scan_cmd(
     ] = None,
     threads: Annotated[
         Optional[int],
-        typer.Option(help="onnxruntime threads per scoring call (default: CPU count / workers).", show_default=False),
+        typer.Option(help="onnxruntime threads per scoring call (default: CPU count / workers); idle ones sleep instead of spinning.", show_default=False),
     ] = None,
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this (read from the header, before decoding).")

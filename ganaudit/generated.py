@@ -5,8 +5,9 @@ Training layer (torch). The head sees images at native scale through the ONE cro
 
 * :class:`GeneratedHead` = a copy of D (spectral norm folded in; its realness logit negated, so it starts as
   D's own fake judgement) plus an optional spectral branch, the azimuthally averaged log power spectrum of
-  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls). With ``npr`` the CNN reads
-  the upsampling residual of :func:`npr_residual` instead of the image, and starts untrained.
+  each crop computed by fixed DFT matrix products (exports to plain ONNX MatMuls). With ``npr`` a second CNN
+  of D's shape reads only the upsampling residual of :func:`npr_residual`; each branch is trained on its own,
+  and the head's logit is the larger of the two.
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
   G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
   so that format or quality cannot give the answer.
@@ -104,15 +105,13 @@ class GeneratedHead(nn.Module):
         super().__init__()
         self.d = D
         self.spectral = SpectralBranch(size) if spectral else None
-        self.npr = npr  # the CNN reads npr_residual(crops) instead of the crops
+        # NPR: a second CNN of D's shape, freshly initialised, that reads only npr_residual(crops)
+        args = {k: v for k, v in D.init_args.items() if k != "rotation"}
+        self.residual_d = Discriminator(**args, spectral_norm=False) if npr else None
 
     @classmethod
     def from_discriminator(cls, D: Discriminator, spectral: bool = True, npr: bool = False) -> "GeneratedHead":
-        """A trainable head whose CNN starts as a plain copy of the trained (spectral-normalised) D, or, with
-        ``npr``, as a freshly initialised network of D's shape (D never saw residuals)."""
-        if npr:
-            args = {k: v for k, v in D.init_args.items() if k != "rotation"}
-            return cls(Discriminator(**args, spectral_norm=False), D.init_args["size"], spectral, npr)
+        """A trainable head whose image CNN starts as a plain copy of the trained (spectral-normalised) D."""
         was_training = D.training
         plain = D.without_spectral_norm(rotation=False)
         D.train(was_training)
@@ -128,15 +127,25 @@ class GeneratedHead(nn.Module):
 
     def train(self, mode: bool = True) -> "GeneratedHead":
         super().train(mode)
-        if self.d.mbstd is not None:
-            self.d.mbstd.eval()  # always the frozen running statistic: a score never depends on the batch
+        for cnn in (self.d, self.residual_d):
+            if cnn is not None and cnn.mbstd is not None:
+                cnn.mbstd.eval()  # always the frozen running statistic: a score never depends on the batch
         return self
 
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        logit = -self.d(npr_residual(crops) if self.npr else crops)[0]
+    def branch_logits(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        """One generated logit [B] per branch: the image CNN (+ spectrum), then the NPR residual CNN if any.
+        Training fits each branch to the whole task on its own, so neither leans on the other."""
+        logit = -self.d(crops)[0]
         if self.spectral is not None:
             logit = logit + self.spectral(crops)
-        return logit
+        if self.residual_d is None:
+            return [logit]
+        return [logit, -self.residual_d(npr_residual(crops))[0]]
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """The generated logit: the larger branch logit (an image is as generated as its strongest evidence)."""
+        logits = self.branch_logits(crops)
+        return logits[0] if len(logits) == 1 else torch.maximum(logits[0], logits[1])
 
 
 # --------------------------------------------------------------------------- data

@@ -17,6 +17,7 @@ from .errors import GanauditError, ImageDecodeError, ModelFormatError
 from .imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess, shown
 from .models import resolve_model, shipped_models
 from .spec import METADATA_KEY, ModelSpec
+from .threads import session_options
 from .thresholds import apply_calibration, check_fpr, check_threshold, percentile, threshold_from_quantiles
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
@@ -192,7 +193,10 @@ class Detector:
         domain_gate: bool = True,
     ) -> "Detector":
         """Load a detector from an ``.onnx`` path, a shipped model's name (e.g. ``"digits"``) or the file's bytes.
-        Raises ModelFormatError on a bad file, TypeError for another kind of argument."""
+        Raises ModelFormatError on a bad file, TypeError for another kind of argument.
+
+        ``threads`` is onnxruntime's intra-op thread count (default: one per available core); waiting threads
+        never spin, so the detector shares its cores politely (:mod:`ganaudit.threads`)."""
         if isinstance(model, str) or (isinstance(model, os.PathLike) and not isinstance(model, bytes)):
             model = resolve_model(model)  # a shipped name unless a file of that name exists
         elif not isinstance(model, (bytes, bytearray, memoryview)):
@@ -201,12 +205,9 @@ class Detector:
             )
         origin = "model bytes" if isinstance(model, (bytes, bytearray, memoryview)) else os.fsdecode(model)
         data = _read_model(model)
-        opts = ort.SessionOptions()
+        opts = session_options(threads)  # threads.py: intra-op threads, no spinning
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
         try:
             session = ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -226,6 +227,11 @@ class Detector:
     @property
     def spec_hash(self) -> str:
         return self.spec.spec_hash
+
+    @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads of this detector's session."""
+        return int(self.session.get_session_options().intra_op_num_threads)
 
     @property
     def has_generated_head(self) -> bool:

@@ -609,6 +609,7 @@ def scan(
         "thresholds": _threshold_info(detector, thr, fpr, anomaly_threshold, generated_threshold),
         "counts": {},
         "workers": n_workers,
+        "threads": detector.threads,
         "batch_size": batch,
         "recursive": recursive,
         "resume": resume,

@@ -433,7 +433,8 @@ class Trainer:
         fakes = [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
         x = torch.from_numpy(training_crops(reals + fakes, cfg.preprocess, rng)).to(self.device)
         y = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
-        loss = F.binary_cross_entropy_with_logits(head(x), y)
+        logits = head.branch_logits(x)
+        loss = sum(F.binary_cross_entropy_with_logits(logit, y) for logit in logits) / len(logits)
         self.opt_h.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_h.step()

@@ -796,7 +796,7 @@ def test_real_uvicorn_server_serves_limits_and_shuts_down_gracefully(tiny_model,
     env = {**os.environ, "GANAUDIT_TEST_KEY": "k3y"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ganaudit.cli", "serve", "--model", str(tiny_model), "--port", str(port),
-         "--max-upload-mb", "0.05", "--api-key-env", "GANAUDIT_TEST_KEY"],
+         "--max-upload-mb", "0.05", "--api-key-env", "GANAUDIT_TEST_KEY", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -851,6 +851,7 @@ def test_real_uvicorn_server_serves_limits_and_shuts_down_gracefully(tiny_model,
     assert proc.returncode == 0, err.decode()
     text = err.decode()
     assert "serving model 'tiny-zeros'" in text and "Finished server process" in text  # logs go to stderr
+    assert "1 onnxruntime thread(s)" in text  # --threads reached the session (Detector.threads)
 
 
 def test_kserve_binary_requests_that_do_not_add_up_get_400(detector, digits):

@@ -91,11 +91,13 @@ class OnnxFeatures:
     def __init__(self, path: str | Path) -> None:
         import onnxruntime as ort
 
+        from ..threads import session_options
+
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--features: file not found: {path}")
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types for unreadable graphs
             raise ModelFormatError(f"--features: {path} is not a usable ONNX model ({str(e).splitlines()[0]})") from None
         inp = self.session.get_inputs()[0]

@@ -96,6 +96,10 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
+        threads: Annotated[
+            Optional[int],
+            typer.Option(help="onnxruntime threads per model call (default: one per core); idle ones sleep instead of spinning.", show_default=False),
+        ] = None,
     ) -> None:
         """Serve a detector over HTTP: /v1/detect, the Open Inference Protocol (KServe v2) and /metrics."""
         try:
@@ -107,6 +111,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import ConfigError
         from ..models import resolve_model
         from ..runtime import Detector
+        from ..threads import check_threads
 
         if not 0 <= port <= 65535:
             raise ConfigError(f"--port must be 0-65535, got {port}")
@@ -121,7 +126,8 @@ def register(app: typer.Typer) -> None:
             decode_budget_pixels=decode_budget_pixels,
         )  # fmt: skip
         detector = Detector.load(
-            resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate, max_pixels=max_pixels
+            resolve_model(model), batch_size=max(64, max_batch_size), domain_gate=domain_gate, max_pixels=max_pixels,
+            threads=check_threads(threads),
         )
         application = create_app(detector, settings)
         access_log = logging.getLogger().getEffectiveLevel() <= logging.INFO  # `ganaudit -v serve`
@@ -129,7 +135,7 @@ def register(app: typer.Typer) -> None:
         port = sock.getsockname()[1]  # --port 0: the port the system picked
         typer.echo(
             f"serving model {detector.name!r} (spec {detector.spec_hash}) on http://{host}:{port} "
-            f"(auth {'on' if api_key else 'off'}; docs at /docs)",
+            f"(auth {'on' if api_key else 'off'}; {detector.threads} onnxruntime thread(s); docs at /docs)",
             err=True,
         )
         config = uvicorn.Config(
