@@ -428,6 +428,9 @@ def info(
     ]
     for head, t in spec.thresholds.items():
         lines.append(f"threshold:     {head} > {t.value:.6g} (FPR {t.fpr} on {t.n_val} normal validation images)")
+    from .domain import describe
+
+    lines.append(f"domain gate:   {describe(spec.domain)}")
     data = prov.get("data", {})
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")

@@ -128,7 +128,7 @@ class ModelSpec:
                 domain=dict(d.get("domain", {})),
                 format_version=version,
             )
-        except (KeyError, TypeError, ConfigError) as e:
+        except (KeyError, TypeError, ValueError, ConfigError) as e:  # ValueError: e.g. "domain": [[]]
             raise ModelFormatError(f"the ganaudit model spec is incomplete or invalid: {e}") from None
         spec._source_json = text
         return spec
