@@ -10,11 +10,11 @@ On MNIST (shuffled t10k, see a1_data.py) and CIFAR-10 (1,000 images per class), 
   imbalanced   held-out real images resampled: 3 classes missing, 2 at a fifth of their share
   underfit     held-out real images blurred (Gaussian sigma 1.5 px at 32 px) plus noise: a blurry generator
 The other kinds are audited against one reference / held-out / label split of the data (a1_data.py), all with the
-default rules (random conv features, k=5, 20 bins); the table lists every figure and the flags. Expected: healthy-gan and ideal: none;
+default rules (k=5, 20 bins) in the feature space --features; the table lists every figure and the flags. Expected: healthy-gan and ideal: none;
 collapsed: collapse; memorising: memorisation; imbalanced: imbalance; underfit: underfit.
 
     python benchmarks/a1_data.py --out A1DIR          # then the two printed `ganaudit train` commands
-    OMP_NUM_THREADS=1 python benchmarks/a1_audit.py --data A1DIR [--json A1DIR/a1.json]
+    OMP_NUM_THREADS=1 python benchmarks/a1_audit.py --data A1DIR [--features patches] [--json A1DIR/a1.json]
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def blurred(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def make_kinds(ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, ImageSet]:
     """The generated sets of every kind; ``pool`` is held-out real images (never trained on, not the holdout)."""
     rng = np.random.default_rng(seed)
-    ideal = subset(pool, np.arange(min(n, len(pool.images))), "held-out real images")
+    # a random subset: the pool is in folder (class) order for CIFAR-10, so its first n images are a few classes only
+    ideal = subset(pool, np.sort(rng.permutation(len(pool.images))[:n]), "held-out real images")
     m = len(ideal.images)
     modes = ideal.images[rng.choice(m, 8, replace=False)]
     collapsed = noisy(modes[rng.integers(0, 8, m)], rng)
@@ -80,12 +81,11 @@ def make_kinds(ref: ImageSet, pool: ImageSet, n: int, seed: int) -> dict[str, Im
     return kinds
 
 
-FEATURES, _ = extractor("auto")
-
-
-def features(s: ImageSet) -> np.ndarray:
-    """Embedded once per set (the audits below share the reference and held-out features)."""
-    return embed(FEATURES, s.images)
+def embedder(kind: str, ref: ImageSet):
+    """The feature space ``kind`` (fitted on ``ref`` where it is fitted), as `ganaudit audit gan --features` builds
+    it; the returned function embeds one set (the audits below share the reference and held-out features)."""
+    fn, _ = extractor(kind, None, ref.images)
+    return lambda s: embed(fn, s.images)
 
 
 def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str]) -> dict:
@@ -138,7 +138,7 @@ def row(dataset: str, kind: str, r: dict) -> dict:
     }  # fmt: skip
 
 
-COLUMNS = ["dataset", "kind", "precision", "recall", "density", "coverage", "ndb_over_k", "jsd", "missing_mass",
+COLUMNS = ["features", "dataset", "kind", "precision", "recall", "density", "coverage", "ndb_over_k", "jsd", "missing_mass",
            "c_t", "copy_share", "l2_reference", "l2_uniform", "classifier_accuracy", "flags", "expected", "ok"]  # fmt: skip
 
 
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="mnist,cifar10")
     ap.add_argument("--reference", type=int, default=5000, help="Reference (training) images per data set.")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
+    ap.add_argument("--features", default="auto", help="Feature space, as `ganaudit audit gan --features` (auto, patches, random).")
     args = ap.parse_args()
     rows = []
     for name in args.datasets.split(","):
@@ -166,13 +167,17 @@ def main() -> None:
               f"({time.perf_counter() - t0:.0f}s to load)", file=sys.stderr)  # fmt: skip
         n = min(args.n, len(pool.images))
         g_gen, g_ref, g_hold = run_sets(run, n, args.reference)
+        t0 = time.perf_counter()
+        features = embedder(args.features, g_ref)
         results = {"healthy-gan": audit(features(g_gen), features(g_ref), features(g_hold), g_ref.labels)}
+        features = embedder(args.features, ref)
         f_ref, f_hold = features(ref), features(hold)
         for kind, gen in make_kinds(ref, pool, n, seed=0).items():
             results[kind] = audit(features(gen), f_ref, f_hold, ref.labels)
         for kind, result in results.items():
-            rows.append(row(name, kind, result))
+            rows.append(row(name, kind, result) | {"features": args.features})
             print(f"  {kind}: flags {rows[-1]['flags']} ({result['seconds']:.0f}s)", file=sys.stderr)
+        print(f"  {name}: {time.perf_counter() - t0:.0f}s for the features and audits", file=sys.stderr)
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + " --- |" * len(COLUMNS))
     for r in rows:

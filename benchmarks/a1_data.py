@@ -70,6 +70,8 @@ def main() -> None:
     cifar_folders(args.out)
     # The runs of docs/benchmarks.md (A1): MNIST on t10k 0:8000 (the healthy-gan row audits it against its own
     # training and validation images, so it needs no shuffled split), CIFAR-10 stopped at step 2,031 with Ctrl-C.
+    # Second session: the MNIST run was continued (its config.json "steps" raised to 5000, then the same command
+    # with --resume) and stopped with Ctrl-C at step 4,255; the 2,000-step samples were malformed digits.
     common = "--size 32 --encoder-steps 0 --no-generated-head --seed 0"
     print(f"ganaudit train {MNIST_DIR / 't10k-images-idx3-ubyte.gz'} --index-range 0:8000 --steps 2000 {common} --out {args.out}/run-mnist")
     print(f"ganaudit train {args.out / 'cifar-train'} --steps 3000 {common} --out {args.out}/run-cifar")

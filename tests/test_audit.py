@@ -273,3 +273,18 @@ def test_an_onnx_feature_extractor_and_the_discriminator_view(tmp_path, mnist_pa
     res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100),
                   "--features", tmp_path / "bad.onnx", "--no-progress")  # fmt: skip
     assert res.exit_code == 2 and "not a usable ONNX model" in res.stderr
+
+
+def test_patch_features_are_fitted_on_the_reference_deterministic_and_see_blur(tmp_path, mnist_path, mnist_arrays):
+    ref, hold = _mnist(mnist_path, 0, 600), _mnist(mnist_path, 1200, 1800)
+    ideal = _mnist(mnist_path, 600, 1200)
+    res, r, _ = _audit(tmp_path, ideal, ref, hold, "--features", "patches", "--fail-on", "collapse,memorisation,underfit")
+    assert res.exit_code == 0, res.output
+    assert "patch dictionary fitted on the reference" in r["features"]
+    assert not any(v["tripped"] for v in r["verdicts"].values())
+    assert r["balance"]["classifier"].startswith("logistic regression") and r["balance"]["classifier_accuracy"] > 0.6
+    _, again, _ = _audit(tmp_path / "again", ideal, ref, hold, "--features", "patches")
+    assert again["fidelity"] == r["fidelity"] and again["balance"]["classifier_accuracy"] == r["balance"]["classifier_accuracy"]
+    blurry = np.stack([cv2.GaussianBlur(x[0], (0, 0), 1.5)[None] for x in mnist_arrays.images[600:1200]])
+    _, b, _ = _audit(tmp_path / "blur", _npy(tmp_path / "g.npy", blurry), ref, hold, "--features", "patches")
+    assert b["verdicts"]["underfit"]["tripped"] and b["fidelity"]["precision"] < 0.3

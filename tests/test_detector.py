@@ -209,8 +209,16 @@ def test_info_prints_the_spec(tiny_model):
     assert res.exit_code == 0
     assert "tiny-zeros" in res.stdout and "threshold:" in res.stdout and "1 x 16 x 16" in res.stdout
     assert "anomaly score: fused, aligned layout" in res.stdout and "4 z(log knn_distance)" in res.stdout
+    assert "domain gate:" in res.stdout
     js = json.loads(run_cli("info", tiny_model, "--json").stdout)
     assert js["name"] == "tiny-zeros" and len(js["spec_hash"]) == 16
+
+
+def test_info_prints_the_shipped_models_domain_gate():
+    res = run_cli("info", "digits")
+    assert res.exit_code == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("domain gate:"))
+    assert "without D's realness term <= 8.839 (the 0.99 quantile)" in line and "98.5% of 800 own-generator fakes" in line
 
 
 def test_spec_hash_is_that_of_the_stored_text_so_new_spec_fields_do_not_change_it():

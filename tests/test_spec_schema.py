@@ -53,6 +53,7 @@ CASES = {
     "heads": (_set("heads", ["generated"]), "heads must include 'anomaly'"),
     "fused-lengths": (_set("scoring.weight", [1.0]), "equally long"),
     "name": (_set("name", 5), "name: Input should be a valid string"),
+    "domain-list": (_set("domain", [[]]), "incomplete or invalid"),  # found by test_fuzz: was a ValueError
 }
 
 

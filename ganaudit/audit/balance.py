@@ -1,5 +1,5 @@
-"""Class balance: a k-NN classifier fitted on labelled reference features predicts the class of each generated
-image; predicted shares are compared with the classifier's predicted shares on held-out reference images
+"""Class balance: a logistic-regression classifier fitted on labelled reference features predicts the class of each
+generated image; predicted shares are compared with the classifier's predicted shares on held-out reference images
 (bootstrap intervals) and summarised by the L2 fairness discrepancy (Choi et al. 2020) to those reference shares and
 to uniform. A class with no generated sample counts as zero."""
 
@@ -7,19 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .neighbours import as_features, nearest
+from .logistic import fit_logistic
 from .stats import bootstrap_interval
 
-K = 5
 TEST_FRACTION = 0.2
-
-
-def knn_predict(train: np.ndarray, train_y: np.ndarray, query: np.ndarray, n_classes: int, k: int = K) -> np.ndarray:
-    """Majority vote of the k nearest training rows (ties go to the lower class index)."""
-    _, idx = nearest(as_features(query), as_features(train), k=k)
-    votes = np.zeros((len(query), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(query)), idx.shape[1]), train_y[idx].ravel()), 1)
-    return votes.argmax(1)
 
 
 def class_balance(
@@ -31,9 +22,10 @@ def class_balance(
     order = np.random.default_rng(seed).permutation(len(ref))
     n_test = max(1, int(round(len(ref) * TEST_FRACTION)))
     test, fit = order[:n_test], order[n_test:]
-    test_pred = knn_predict(ref[fit], ref_y[fit], ref[test], n_classes)
+    model = fit_logistic(ref[fit], ref_y[fit], n_classes, seed=seed)
+    test_pred = model.predict(ref[test])
     accuracy = float((test_pred == ref_y[test]).mean())
-    pred = knn_predict(ref[fit], ref_y[fit], gen, n_classes)
+    pred = model.predict(gen)
     # Generated shares are predictions, so they are compared with the predicted shares of held-out reference
     # images: the classifier's confusions then bias both sides alike. The label shares are reported too.
     ref_share = np.bincount(test_pred, minlength=n_classes) / len(test_pred)
@@ -52,7 +44,7 @@ def class_balance(
 
     l2_lo, l2_hi = bootstrap_interval(l2, len(pred), rounds=rounds, seed=seed + 1)
     return {
-        "classifier": f"{K}-NN on reference features",
+        "classifier": f"logistic regression on reference features (L2 penalty {model.penalty:g})",
         "classifier_accuracy": accuracy,
         "classifier_test_images": int(n_test),
         "fairness_discrepancy_reference": float(np.linalg.norm(gen_share - ref_share)),

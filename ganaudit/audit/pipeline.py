@@ -109,7 +109,7 @@ def audit_sets(
         ref, dropped = drop_shared(ref, hold)
         if dropped:
             notes.append(f"{dropped} reference image(s) equal to held-out images were left out of the reference")
-    fn, feature_desc = extractor(features, run)
+    fn, feature_desc = extractor(features, run, ref.images)
     f = Features(
         embed(fn, ref.images, progress, "reference features"),
         embed(fn, gen.images, progress, "generated features"),

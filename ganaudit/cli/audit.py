@@ -66,8 +66,9 @@ def gan_cmd(
     features: Annotated[
         str,
         typer.Option(
-            help="Feature space: auto (a fixed seeded random conv net), discriminator (the run's own D; biased "
-            "towards its generator) or FILE.onnx (your feature extractor)."
+            help="Feature space: auto (see docs/auditing.md), patches (a patch dictionary fitted on the reference "
+            "images), random (a fixed seeded random conv net), discriminator (the run's own D; biased towards its "
+            "generator) or FILE.onnx (your feature extractor)."
         ),
     ] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.json and audit.html.")] = Path("ganaudit-audit"),

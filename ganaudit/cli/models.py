@@ -94,6 +94,7 @@ def info(
     ]
     for head, t in d["thresholds"].items():
         lines.append(f"threshold:     {head} > {t['value']:.6g} (FPR {t['fpr']} on {t['n_val']} normal validation images)")
+    lines.append(f"domain gate:   {d['domain_gate']}")
     data = prov.get("data", {})
     lines.append(f"trained on:    {data.get('source', '?')} ({prov.get('n_train', '?')} images, fingerprint {prov.get('fingerprint', '?')})")
     lines.append(f"exported:      {prov.get('exported', '?')} by ganaudit {prov.get('export_ganaudit_version', '?')}")

@@ -76,6 +76,18 @@ def fit_gate(
     }  # fmt: skip
 
 
+def describe(gate: Mapping[str, Any]) -> str:
+    """One line for ``ganaudit info``: what the gate scores, its limit and how much of the fitting images it keeps."""
+    if not gate:
+        return "none (no generated head, or exported before domain gates): the generated verdict is never withheld"
+    score = "fused anomaly score without D's realness term" if gate.get("score") == "fused-without-realness" else "anomaly score"
+    return (
+        f"{score} <= {float(gate['limit']):.4g} (the {float(gate['coverage']):.3g} quantile); inside: "
+        f"{float(gate['real_inside']):.1%} of {gate['n_real']} normal validation images, "
+        f"{float(gate['fake_inside']):.1%} of {gate['n_fake']} own-generator fakes"
+    )
+
+
 def inside(scores: np.ndarray, gate: Mapping[str, Any]) -> np.ndarray:
     """True where an image is inside the gate (in domain)."""
     return np.asarray(scores, np.float64) <= float(gate["limit"])

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .domain import describe as describe_domain
 from .errors import ConfigError, ModelFormatError
 
 FORMAT_VERSION = 1
@@ -128,7 +129,7 @@ class ModelSpec:
                 domain=dict(d.get("domain", {})),
                 format_version=version,
             )
-        except (KeyError, TypeError, ConfigError) as e:
+        except (KeyError, TypeError, ValueError, ConfigError) as e:  # ValueError: e.g. "domain": [[]]
             raise ModelFormatError(f"the ganaudit model spec is incomplete or invalid: {e}") from None
         spec._source_json = text
         return spec
@@ -148,6 +149,7 @@ def describe_spec(spec: ModelSpec) -> dict[str, Any]:
         "native_crops": p.native_crops if "crops" in spec.inputs else 0,  # crops per image the generated head scores
         "thresholds": {h: {"value": t.value, "fpr": t.fpr, "n_val": t.n_val} for h, t in spec.thresholds.items()},
         "scoring": describe_scoring(spec.scoring),
+        "domain_gate": describe_domain(spec.domain),
         "provenance": spec.provenance,
     }
 
