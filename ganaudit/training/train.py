@@ -392,7 +392,7 @@ class Trainer:
             b_ema.copy_(b)
 
     def e_step(self) -> float:
-        G, D, E = self.nets.G_ema, self.nets.D, self.nets.E
+        G, D = self.nets.G_ema, self.nets.D
         x = self.batch()
         rec = G(self.E_call(x))
         _, f_x = D(x)
@@ -442,7 +442,8 @@ class Trainer:
 
     def h_step(self) -> float:
         """One head step: a batch of real and of generated images, augmented alike, one random native crop each."""
-        head, cfg, native = self._head_ready(), self.cfg, self.native
+        self._head_ready()
+        cfg, native = self.cfg, self.native
         assert native is not None and self.pool is not None and self.opt_h is not None
         rank = [self.dist.rank] if self.dist.enabled else []
         rng = np.random.default_rng([cfg.seed, 7, self.step, *rank])  # per-step stream: resume gives the same batches
