@@ -193,9 +193,10 @@ def config_from_options(options: dict[str, Any]) -> Any:
 
     given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
     given["channels"] = 1 if given["channels"] == "auto" else int(given["channels"])
-    # Unset (None) head options take a new run's default here; --retrain-head keeps the run's own (in train).
-    given["head_spectral"] = given["head_spectral"] is not False
-    given["head_npr"] = bool(given["head_npr"])
+    # Unset (None) head options take TrainConfig's default here; --retrain-head keeps the run's own (in train).
+    for name in ("head_spectral", "head_npr"):
+        if given[name] is None:
+            del given[name]
     return TrainConfig(**given)
 
 

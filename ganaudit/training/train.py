@@ -260,6 +260,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.nets.D.parameters(), cfg.lr_d, betas=(0.0, 0.9))
         self.opt_e = torch.optim.Adam(self.nets.E.parameters(), cfg.lr_e, betas=(0.5, 0.999))
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
+        self.augment_ops = parse_augment(cfg.augment)
         self.step = 0
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
         self.native = data.native  # uint8 [N, K, S, S, C] native-scale crops of the training images
@@ -339,7 +340,7 @@ class Trainer:
         return self.cfg.instance_noise * max(0.0, 1 - self.step / max(1, self.cfg.steps))
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, parse_augment(self.cfg.augment)) if self.cfg.augment != "none" else x
+        return diff_augment(x, self.augment_ops) if self.augment_ops else x
 
     def d_step(self) -> float:
         cfg, G, D = self.cfg, self.nets.G, self.nets.D
