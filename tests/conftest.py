@@ -19,13 +19,14 @@ TINY_TRAIN_ARGS = [
 ]  # fmt: skip
 
 
-def run_cli(*args: str):
-    """Invoke the ganaudit CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
+def run_cli(*args: str, input: str | bytes | None = None):
+    """Invoke the ganaudit CLI in-process (``input``: its standard input); returns the click Result (exit_code,
+    stdout, stderr)."""
     from typer.testing import CliRunner
 
     from ganaudit.cli import app
 
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
 
 
 @pytest.fixture(scope="session")

@@ -73,3 +73,17 @@ def test_ray_options_are_checked(tiny_model, tree, tmp_path):  # noqa: F811
     assert res.exit_code == 2 and "--address needs --engine ray" in res.output
     res = run_cli("scan", tree, "--model", tiny_model, "--out", tmp_path / "o", "--engine", "spark")
     assert res.exit_code == 2 and "--engine must be local or ray" in res.output
+
+
+def test_ray_reads_a_listing_of_paths_and_uris_like_the_local_scan(cluster, tiny_model, tree, tmp_path):  # noqa: F811
+    files = sorted((tree / "digits").glob("*.png"))[:6]
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        "".join(f"{f}\n" for f in files[:3]) + "".join(f"{f.as_uri()}\n" for f in files[3:]) + "s3x://no/such.png\n"
+    )
+    local = run_cli("scan", "--model", tiny_model, "--out", tmp_path / "l", *SCAN, "--files-from", listing)
+    remote = run_cli("scan", "--model", tiny_model, "--out", tmp_path / "r", *SCAN, "--files-from", listing,
+                     "--engine", "ray")  # fmt: skip
+    assert local.exit_code == remote.exit_code == 0, remote.output
+    a, b = lines(tmp_path / "l"), lines(tmp_path / "r")
+    assert a == b and len(a) == 7 and a[-1]["status"] == "error" and a[3]["path"] == files[3].as_uri()

@@ -36,7 +36,10 @@ def _one_line(summary: dict[str, Any]) -> str:
 
 
 def scan_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Image files and folders to scan.", show_default=False)],
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Image files and folders to scan (or none, with --files-from).", show_default=False),
+    ] = None,
     model: Annotated[
         Optional[str],
         typer.Option(
@@ -125,6 +128,15 @@ def scan_cmd(
             "needs pyarrow ('ganaudit[distributed]')."
         ),
     ] = False,
+    files_from: Annotated[
+        Optional[str],
+        typer.Option(
+            "--files-from",
+            help="A listing: one image path or URI (s3://, gs://, hdfs://, file://; needs pyarrow, "
+            "'ganaudit[distributed]') per line; '#' starts a comment line. '-' reads it from standard input. "
+            "Scanned after PATHS.",
+        ),
+    ] = None,
     domain_gate: Annotated[bool, typer.Option("--domain-gate/--no-domain-gate", help="Gate the generated verdict by the model's domain (default): outside the training domain it abstains and the image is reported as anomalous. --no-domain-gate gives a generated verdict for every image.")] = True,
 ) -> None:
     """Scan image folders: one verdict per file in CSV/JSONL, plus an HTML report and summary.json.
@@ -176,10 +188,10 @@ def scan_cmd(
 
     try:
         result = scan(
-            detector, paths, out, formats=formats, fpr=fpr, anomaly_threshold=anomaly_threshold,
+            detector, paths or [], out, formats=formats, fpr=fpr, anomaly_threshold=anomaly_threshold,
             generated_threshold=generated_threshold, batch_size=batch_size, workers=workers, recursive=recursive,
             resume=resume, top_k=top_k, model_path=model_path, on_progress=on_progress, engine=run_elsewhere[0],
-            engine_info=run_elsewhere[1],
+            engine_info=run_elsewhere[1], files_from=files_from,
         )  # fmt: skip
         if parquet:
             from ..runtime.distributed.parquet import parquet_from_jsonl

@@ -517,9 +517,14 @@ def shown(path: str | bytes) -> str:
 _shown = shown
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image within ``max_pixels`` can be (a generous bound)."""
+    return _MAX_BYTES_PER_PIXEL * max_pixels + _SLACK_BYTES
+
+
 def check_file_size(n_bytes: int, max_pixels: int) -> None:
     """Refuse, unread, a file bigger than any image within the pixel limit could be (ImageDecodeError)."""
-    if n_bytes > _MAX_BYTES_PER_PIXEL * max_pixels + _SLACK_BYTES:
+    if n_bytes > max_file_bytes(max_pixels):
         raise ImageDecodeError(
             f"file is {n_bytes / 1e6:.0f} MB, too large for an image within the "
             f"{_megapixels(max_pixels)} MP limit; raise --max-pixels (max_pixels in Python) to allow it"

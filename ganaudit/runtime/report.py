@@ -499,6 +499,12 @@ def _num_cell(value: Any, text: str | None = None) -> str:
     return f'<td class="num" data-v="{v}">{_e(shown)}</td>'
 
 
+def _scanned(summary: dict[str, Any]) -> str:
+    """What the scan read: its paths and its listing file."""
+    listing = summary.get("files_from")
+    return ", ".join([*summary.get("paths", []), *([f"the files listed in {listing}"] if listing else [])])
+
+
 def _threshold_text(thr: dict[str, Any], head: str) -> str:
     value = thr.get(head)
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -717,7 +723,7 @@ def render_html(data: ReportData) -> str:
         ("Flagged by anomaly", _e(c.get("anomaly_flagged", 0))),
         ("Flagged as generated", _e(c.get("generated_flagged", 0)) if gen else "n/a"),
         ("Out of domain", _e(c.get("out_of_domain", 0)) + " <span class='muted'>(no generated verdict)</span>" if gen else "n/a"),
-        ("Scanned", f'<span class="mono">{_e(", ".join(s.get("paths", [])))}</span>'),
+        ("Scanned", f'<span class="mono">{_e(_scanned(s))}</span>'),
         ("Started", _e(s.get("started", ""))),
         ("Workers / batch", _e(f"{s.get('workers')} / {s.get('batch_size')}")),
     ]
@@ -752,7 +758,7 @@ def render_html(data: ReportData) -> str:
 <style>{css}</style></head>
 <body>
 <header><h1>ganaudit scan report</h1>
-<div class="sub">{_e(", ".join(s.get("paths", [])))} · model {_e(model.get("name"))} ({_e(model.get("spec_hash"))})
+<div class="sub">{_e(_scanned(s))} · model {_e(model.get("name"))} ({_e(model.get("spec_hash"))})
  · {_e(s.get("finished") or s.get("started", ""))}</div></header>
 <main>
 {notes}

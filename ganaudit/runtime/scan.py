@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
+import sys
 import json
 import logging
 import math
@@ -41,6 +43,8 @@ import numpy as np
 from .. import __version__
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.files import WalkStats, display_path, iter_files
+from ..core.listing import is_uri, iter_listing
+from .uri_files import open_listing_uri, read_uri, stat_uri
 from .evidence import evidence_map, for_display
 from ..core.imaging import check_file_size, decode
 from .report import (
@@ -155,6 +159,8 @@ def _decode_reason(message: str) -> str:
 
 def _load(detector: Detector, path: str) -> _Loaded:
     """Read a file once, hash those bytes, decode and preprocess them. Never raises for a bad file."""
+    if is_uri(path):
+        return _load_uri(detector, path)
     size: int | None = None
     mtime: float | None = None
     try:
@@ -179,6 +185,22 @@ def _load(detector: Detector, path: str) -> _Loaded:
         return _Loaded(None, f"could not read the file: {e.strerror or e}", size, mtime, None)
     except ValueError:  # NUL byte or an unencodable name
         return _Loaded(None, "invalid file name", size, mtime, None)
+    return _prepare(detector, data, size, mtime)
+
+
+def _load_uri(detector: Detector, uri: str) -> _Loaded:
+    """_load for a file named by URI (a listing's entry), read through pyarrow's file systems."""
+    try:
+        meta, data = read_uri(uri, detector.max_pixels)
+    except ImageDecodeError as e:
+        return _Loaded(None, str(e), None, None, None)
+    except (OSError, ValueError) as e:  # pyarrow's errors for a store that fails mid-read
+        return _Loaded(None, f"could not read the file: {e}", None, None, None)
+    return _prepare(detector, data, meta.size, meta.mtime)
+
+
+def _prepare(detector: Detector, data: bytes, size: int | None, mtime: float | None) -> _Loaded:
+    """Hash, decode and preprocess a file's bytes."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         if not data:
@@ -366,10 +388,10 @@ class _Resume:
         if hit is None:
             return None
         try:
-            st = os.stat(real_path)
-        except OSError:
+            now = _size_and_mtime(real_path)
+        except (OSError, ImageDecodeError):
             return None
-        if (st.st_size, st.st_mtime) != (hit[0], hit[1]):
+        if now != (hit[0], hit[1]):
             return None
         self._reader.seek(hit[2])
         return json.loads(self._reader.readline()), hit[2]
@@ -394,6 +416,40 @@ class _Resume:
         # Changed files, retried errors or files gone since the first run.
         _rewrite_jsonl(self.path, self.order)
         return True
+
+
+def _size_and_mtime(path: str) -> tuple[int, float | None]:
+    if is_uri(path):
+        meta = stat_uri(path)
+        return meta.size, meta.mtime
+    st = os.stat(path)
+    return st.st_size, st.st_mtime
+
+
+def listed_files(listing: str | os.PathLike, stats: WalkStats) -> Iterator[Any]:
+    """The candidates of a listing file (``-``: standard input; a URI: read through pyarrow). Opens it now, so
+    that a missing listing is a ConfigError at call time; closes it when the candidates run out."""
+    name = os.fspath(listing)
+    if name == "-":
+        stream = sys.stdin.buffer
+    elif is_uri(str(name)):
+        stream = open_listing_uri(str(name))
+    else:
+        try:
+            stream = open(name, "rb")
+        except IsADirectoryError:
+            raise ConfigError(f"--files-from {display_path(name)} is a folder: give it as a path to scan instead") from None
+        except OSError as e:
+            raise ConfigError(f"--files-from {display_path(name)}: {e.strerror or e}") from None
+    return _closing(iter_listing(stream, display_path(name), stats), stream if name != "-" else None)
+
+
+def _closing(items: Iterator[Any], stream: Any) -> Iterator[Any]:
+    try:
+        yield from items
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def _rewrite_jsonl(path: Path, offsets: Sequence[int]) -> None:
@@ -497,7 +553,8 @@ def _now() -> str:
 def _visual_input(detector: Detector, path: str) -> tuple[np.ndarray | None, Prepared | None, str | None]:
     """Decode a flagged file again: (thumbnail, model input, why not shown). Runs in the pool."""
     try:
-        image = decode(path, max_pixels=detector.max_pixels)
+        source = memoryview(read_uri(path, detector.max_pixels)[1]) if is_uri(path) else path
+        image = decode(source, max_pixels=detector.max_pixels)
     except ImageDecodeError as e:
         return None, None, f"not shown: {e}"
     try:
@@ -576,6 +633,7 @@ def scan(
     on_progress: ProgressCallback | None = None,
     engine: ChunkEngine | None = None,
     engine_info: dict[str, Any] | None = None,
+    files_from: str | os.PathLike | None = None,
 ) -> ScanResult:
     """Score every image file under ``paths`` and write the results to the folder ``out``.
 
@@ -612,6 +670,9 @@ def scan(
         Recorded in the summary.
     on_progress
         Called after each batch with the number of rows just written and the running counts.
+    files_from
+        A listing file: one path or URI per line (see :mod:`ganaudit.core.listing`), scanned after ``paths``;
+        ``-`` reads it from standard input, and a URI names a listing in an object store.
     engine, engine_info
         Scores the chunks of files elsewhere (e.g. :func:`ganaudit.runtime.distributed.ray_scan.ray_engine`) instead
         of the thread pool; ``engine_info`` is recorded in the summary as ``engine``.
@@ -633,10 +694,12 @@ def scan(
         fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold, base=detector.thresholds
     )
     path_list = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else list(paths)
-    if not path_list:
-        raise ConfigError("no paths to scan: give at least one file or folder")
+    if not path_list and files_from is None:
+        raise ConfigError("no paths to scan: give at least one file or folder, or a listing (--files-from)")
     walk_stats = WalkStats()
     candidates = iter_files(path_list, recursive=recursive, stats=walk_stats)  # raises now for a missing path
+    if files_from is not None:
+        candidates = itertools.chain(candidates, listed_files(files_from, walk_stats))
 
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -645,6 +708,7 @@ def scan(
     summary = _new_summary(
         detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, threads=detector.threads,
         batch_size=batch, recursive=recursive, resume=resume,
+        **({"files_from": display_path(files_from)} if files_from is not None else {}),
         **({"engine": engine_info} if engine_info is not None else {}),
     )  # fmt: skip
     jsonl_path = out_dir / FILE_NAMES["jsonl"]

@@ -12,7 +12,8 @@ files moves to the cluster::
 
 Each chunk is scored as one onnxruntime call on the same files as the local scan's chunk, so the rows are
 those of the local scan, image for image. Files are read by path on the actors: on a cluster the paths must
-name the same files on every node (a shared file system).
+name the same files on every node (a shared file system), or be URIs of an object store that every node can
+read through pyarrow (a listing, ``--files-from``).
 
 Runtime layer: numpy, onnxruntime, the standard library and ray (the ``[distributed]`` extra). No torch.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ...core.errors import ConfigError
+from ...core.listing import is_uri
 from ..report import _jsonl_line
 from ..detector import Detector, Thresholds
 from ..scan import ChunkEngine, ChunkRows, _Entry, _process_chunk
@@ -114,7 +116,7 @@ def _items(wave: list[list[_Entry]]) -> list[dict[str, Any]]:
     """One Ray item per chunk that has files to load: their absolute paths and the paths the rows show."""
     items = []
     for k, chunk in enumerate(wave):
-        todo = [(os.path.abspath(real), shown) for real, shown, row, _ in chunk if row is None]
+        todo = [(real if is_uri(real) else os.path.abspath(real), shown) for real, shown, row, _ in chunk if row is None]
         if todo:
             items.append({"i": k, "real": [r for r, _ in todo], "shown": [s for _, s in todo]})
     return items
