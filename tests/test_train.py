@@ -257,3 +257,29 @@ def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout
 def test_export_refuses_the_oriented_layout_without_the_rotation_task(tiny_run, tmp_path):
     res = run_cli("export", tiny_run, "-o", tmp_path / "m.onnx", "--layout", "oriented")
     assert res.exit_code == 2 and "--rotation" in res.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_rotation_task_and_npr_are_on_by_default_for_colour_photographs_only(tmp_path, tiny_run):
+    """--rotation and --head-npr unset: on for colour images with a layout (a centred object), off for digits."""
+    from ganaudit.training.rundir import RunDir
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    yy, xx = np.mgrid[:16, :16]
+    for i in range(40):  # a coloured blob in the middle, sky above, ground below: a way up
+        img = np.zeros((16, 16, 3), np.uint8)
+        img[:8] = (200, 120, 60)
+        img[8:] = (40, 110, 40)
+        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 12 + i % 5] = (30, 30, 220)
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "4", "--encoder-steps", "2", "--batch-size", "8",
+            "--no-generated-head", "--no-progress", "--no-audit"]  # fmt: skip
+    res = run_cli("train", folder, "--out", tmp_path / "rgb", *args)
+    assert res.exit_code == 0, res.output
+    rgb, grey = RunDir(tmp_path / "rgb").read_config(), RunDir(tiny_run).read_config()  # grey: MNIST, same defaults
+    assert rgb["rotation"] == 1.0 and rgb["head_npr"] is True
+    assert grey["rotation"] == 0.0 and grey["head_npr"] is False
+    off = run_cli("train", folder, "--out", tmp_path / "off", "--rotation", "0", *args)
+    assert off.exit_code == 0 and RunDir(tmp_path / "off").read_config()["rotation"] == 0.0

@@ -57,12 +57,14 @@ def train(
     ema: Annotated[float, typer.Option(help="EMA decay of the generator copy used for scoring.")] = 0.999,
     kappa: Annotated[float, typer.Option(help="Weight of the D-feature residual in izi_f.")] = 1.0,
     rotation: Annotated[
-        float,
+        Optional[float],
         typer.Option(
             help="Weight of D's self-supervised rotation task (which way is up; its score joins the anomaly "
-            "score). 0 = off. Try 1 for photographs of objects; see docs/training.md."
+            "score). 0 = off. Default: 1 for colour images that are not textures (photographs), 0 otherwise; "
+            "see docs/training.md.",
+            show_default=False,
         ),
-    ] = 0.0,
+    ] = None,
     rotation_g: Annotated[float, typer.Option(help="Weight of the rotation task in G's loss.")] = 0.2,
     r1: Annotated[float, typer.Option(help="R1 penalty weight (0 = off).")] = 0.0,
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
@@ -97,7 +99,7 @@ def train(
         typer.Option(
             help="Add a second CNN to the generated head that reads only the image minus its nearest 2x down- and "
             "up-sampled copy (NPR: where upsampling layers leave traces); the head's logit is the larger of the "
-            "two [default: off; with --retrain-head: as the run had it]."
+            "two [default: on for colour images, off for greyscale ones; with --retrain-head: as the run had it]."
         ),
     ] = None,
     head_aux: Annotated[

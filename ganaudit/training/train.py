@@ -74,10 +74,11 @@ class TrainConfig:
     instance_noise: float = 0.0
     kappa: float = 1.0
     # Self-supervised rotation task on D (SS-GAN, Chen et al. 2019): weight of D's rotation loss on real images
-    # (0: off), and of G's on its samples. Its score joins the fused anomaly score (the `oriented` layout). Off by
-    # default: it lifts CIFAR-10 photographs far above the pixel baselines but costs MNIST digits 0.01-0.06
-    # AUROC (docs/benchmarks.md, Q4).
-    rotation: float = 0.0
+    # (0: off), and of G's on its samples. Its score joins the fused anomaly score (the `oriented` layout). None
+    # (auto, resolved by `train` once the data is loaded, see auto_rotation): on for colour images that are not
+    # textures, where it lifts CIFAR-10 photographs far above the pixel baselines; off for greyscale images, where
+    # it costs MNIST digits 0.01-0.06 AUROC (docs/benchmarks.md, Q4).
+    rotation: float | None = None
     rotation_g: float = 0.2
     # Differentiable augmentation of every image D judges in the GAN phase, real and generated alike (DiffAugment):
     # "none" or a comma list of "translation", "flip".
@@ -90,7 +91,7 @@ class TrainConfig:
     head_lr: float = 1e-4
     head_pool: int = 4096
     head_spectral: bool = True
-    head_npr: bool = False
+    head_npr: bool | None = None  # None (auto, resolved by `train`): on for colour images (see resolve_auto)
     # Auxiliary generators of other families in the head's fake pool (aux_generators.py): "" / "none", "all",
     # or a comma list; they take head_aux_share of the pool and train head_aux_steps steps each.
     head_aux: str = ""
@@ -108,7 +109,7 @@ class TrainConfig:
         for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width", "head_pool"):
             if getattr(self, name) < (0 if name.endswith("steps") else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.rotation < 0 or self.rotation_g < 0:
+        if (self.rotation or 0) < 0 or self.rotation_g < 0:
             raise ConfigError(f"rotation weights must be >= 0, got {self.rotation} and {self.rotation_g}")
         try:
             self.augment = ",".join(parse_augment(self.augment)) or "none"  # normalised: validated, fixed order
@@ -147,16 +148,43 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("generated_head", False)  # runs written before the head existed have none
+        d.setdefault("rotation", 0.0)  # nor the rotation task or NPR
+        d.setdefault("head_npr", False)
         if d.get("head_steps") is None and "steps" in d:  # written when the default was a fifth of the GAN steps
             d["head_steps"] = max(1, d["steps"] // 5)
         return cls(**d)
 
 
+AUTO_ROTATION = 1.0  # the rotation weight auto chooses for colour photographs (Q4's lever study)
+
+
+def _looks_stationary(data: Dataset) -> bool:
+    return is_stationary(alignment(data.images[np.random.default_rng(0).permutation(len(data))[:MEMORY_BANK_MAX]]))
+
+
+def resolve_auto(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """``cfg`` with its data-dependent defaults (None: auto) resolved, as chosen on development splits
+    (docs/benchmarks.md, Q4 and Q2b):
+
+    * ``rotation``: AUTO_ROTATION for colour images that are not textures (photographs have a way up), 0 for
+      greyscale images and textures;
+    * ``head_npr``: on for colour images (upsampling traces in photographs), off for greyscale ones (on digits
+      the residual is mostly stroke edges, and it lost on MNIST's development split)."""
+    colour = data.channels == 3
+    if cfg.rotation is None:
+        on = colour and not _looks_stationary(data)
+        log.info("rotation task: %s (auto: %s)", "on" if on else "off",
+                 "colour images with a way up" if on else "greyscale images or textures")  # fmt: skip
+        cfg = replace(cfg, rotation=AUTO_ROTATION if on else 0.0)
+    if cfg.head_npr is None:
+        cfg = replace(cfg, head_npr=colour)
+    return cfg
+
+
 def warn_rotation_on_stationary(cfg: TrainConfig, data: Dataset) -> None:
     """A turned texture is just another normal texture: the rotation task means nothing there."""
-    if cfg.rotation > 0:
-        sample = data.images[np.random.default_rng(0).permutation(len(data))[:MEMORY_BANK_MAX]]
-        if is_stationary(alignment(sample)):
+    if cfg.rotation:
+        if _looks_stationary(data):
             log.warning("--rotation: these images look alike at every position (textures?); a turned image is "
                         "just another normal one, so the rotation task will not help. Consider --rotation 0")  # fmt: skip
 
@@ -188,7 +216,7 @@ def build_head(cfg: TrainConfig) -> GeneratedHead:
 
 def build_networks(cfg: TrainConfig) -> Networks:
     G = Generator(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
-    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, cfg.rotation > 0)
+    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, bool(cfg.rotation))
     E = Encoder(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Networks(G, G_ema, D, E)
@@ -696,6 +724,7 @@ def train(
             cfg = TrainConfig.from_dict({**asdict(cfg), "channels": data.channels})
         if job.is_main:
             warn_rotation_on_stationary(cfg, data)
+        cfg = resolve_auto(cfg, data)
         torch.manual_seed(cfg.seed)
         ddp.on_main(job, lambda: prepare_run(cfg, data, run_dir, data_options or {}))
         train_data = data.subset(split_validation(len(data), cfg.val_fraction, cfg.seed)[0])
