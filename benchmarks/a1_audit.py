@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from a1_data import MNIST_IMAGES, MNIST_TRAIN
+from ganaudit.audit.detail import detail_figures
 from ganaudit.audit.features import embed, extractor
 from ganaudit.audit.gan import Features, audit_features
 from ganaudit.audit.pipeline import class_indices
@@ -88,11 +89,12 @@ def embedder(kind: str, ref: ImageSet):
     return lambda s: embed(fn, s.images)
 
 
-def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str]) -> dict:
-    """``audit_features`` with the default rules, as `ganaudit audit gan` runs it after embedding."""
+def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str], detail: dict) -> dict:
+    """``audit_features`` with the default rules, as `ganaudit audit gan` runs it after embedding (``detail``: the
+    images' fine-detail figures, read in pixels)."""
     t0 = time.perf_counter()
     y, classes = class_indices(labels)
-    result = audit_features(Features(ref, gen, hold, y, classes)).result
+    result = audit_features(Features(ref, gen, hold, y, classes, detail)).result
     return {**result, "seconds": time.perf_counter() - t0}
 
 
@@ -133,13 +135,13 @@ def row(dataset: str, kind: str, r: dict) -> dict:
         "ndb_over_k": n["ndb_over_k"], "jsd": n["jsd"], "missing_mass": n["missing_mass"],
         "c_t": m["c_t"]["c_t"], "copy_share": m["copy_share"]["share"],
         "l2_reference": b["fairness_discrepancy_reference"], "l2_uniform": b["fairness_discrepancy_uniform"],
-        "classifier_accuracy": b["classifier_accuracy"], "flags": flags, "expected": sorted(EXPECTED[kind]),
+        "classifier_accuracy": b["classifier_accuracy"], "detail_ratio": r["detail"]["ratio"], "flags": flags, "expected": sorted(EXPECTED[kind]),
         "ok": set(flags) == EXPECTED[kind], "seconds": r["seconds"],
     }  # fmt: skip
 
 
 COLUMNS = ["features", "dataset", "kind", "precision", "recall", "density", "coverage", "ndb_over_k", "jsd", "missing_mass",
-           "c_t", "copy_share", "l2_reference", "l2_uniform", "classifier_accuracy", "flags", "expected", "ok"]  # fmt: skip
+           "c_t", "copy_share", "l2_reference", "l2_uniform", "classifier_accuracy", "detail_ratio", "flags", "expected", "ok"]  # fmt: skip
 
 
 def cell(v) -> str:
@@ -169,11 +171,12 @@ def main() -> None:
         g_gen, g_ref, g_hold = run_sets(run, n, args.reference)
         t0 = time.perf_counter()
         features = embedder(args.features, g_ref)
-        results = {"healthy-gan": audit(features(g_gen), features(g_ref), features(g_hold), g_ref.labels)}
+        results = {"healthy-gan": audit(features(g_gen), features(g_ref), features(g_hold), g_ref.labels,
+                                        detail_figures(g_gen.images, g_ref.images))}  # fmt: skip
         features = embedder(args.features, ref)
         f_ref, f_hold = features(ref), features(hold)
         for kind, gen in make_kinds(ref, pool, n, seed=0).items():
-            results[kind] = audit(features(gen), f_ref, f_hold, ref.labels)
+            results[kind] = audit(features(gen), f_ref, f_hold, ref.labels, detail_figures(gen.images, ref.images))
         for kind, result in results.items():
             rows.append(row(name, kind, result) | {"features": args.features})
             print(f"  {kind}: flags {rows[-1]['flags']} ({result['seconds']:.0f}s)", file=sys.stderr)

@@ -151,6 +151,20 @@ def test_blurred_images_trip_underfit(tmp_path, mnist_path, mnist_arrays):
     blurry = np.stack([cv2.GaussianBlur(x[0], (0, 0), 1.5)[None] for x in mnist_arrays.images[600:1200]])
     _, r, _ = _audit(tmp_path, _npy(tmp_path / "g.npy", blurry), _mnist(mnist_path, 0, 600), _mnist(mnist_path, 1200, 1800))
     assert r["verdicts"]["underfit"]["tripped"] and r["fidelity"]["precision"] < 0.3
+    assert r["detail"]["ratio"] < 0.5 and r["verdicts"]["underfit"]["values"]["detail_ratio"] == r["detail"]["ratio"]
+
+
+def test_fine_detail_ratio_sees_blur_in_pixels_and_not_noise(tmp_path, mnist_path, mnist_arrays):
+    """The fine-detail figure is read in pixels, whatever the feature space: a blur halves it, noise does not."""
+    from ganaudit.audit.detail import detail_figures
+
+    real = mnist_arrays.images[600:1200].astype(np.float32)
+    blurry = np.stack([cv2.GaussianBlur(x[0], (0, 0), 1.0)[None] for x in real])
+    noisy = np.clip(real + np.random.default_rng(0).normal(0, 0.04, real.shape), -1, 1)
+    ref = mnist_arrays.images[:600]
+    assert 0.9 < detail_figures(real, ref)["ratio"] < 1.1
+    assert detail_figures(blurry, ref)["ratio"] < 0.5 <= detail_figures(noisy, ref)["ratio"]
+    assert detail_figures(np.zeros((5, 1, 8, 8)), ref)["ratio"] == 0.0  # flat images: no detail, no crash
 
 
 def test_folder_labels_from_csv_and_unreadable_files_are_left_out(tmp_path, mnist_path):

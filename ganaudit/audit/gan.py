@@ -27,6 +27,7 @@ class Features:
     holdout: np.ndarray | None = None
     labels: np.ndarray | None = None  # class index per reference image
     classes: list[str] = field(default_factory=list)
+    detail: dict[str, Any] | None = None  # detail.detail_figures of the images (pixels, not features)
 
 
 @dataclass
@@ -125,6 +126,8 @@ def audit_features(
         balance["coverage_per_class"] = _per_class_coverage(covered, f.labels, f.classes)
         result["balance"] = balance
     stages.close()
+    if f.detail is not None:
+        result["detail"] = f.detail
     result["verdicts"] = judge(result)
     return GanAudit(result, ref_bins, gen_bins, nearest_train, nearest_distance, holdout_distance, predicted)
 

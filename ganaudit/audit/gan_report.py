@@ -21,6 +21,9 @@ PER_CLUSTER = 8
 def _fidelity_section(r: dict[str, Any]) -> str:
     f = r["fidelity"]
     rows = [(name, f[name]) for name in ("precision", "recall", "density", "coverage")]
+    d = r.get("detail")
+    if d is not None:
+        rows.append(("fine-detail ratio (generated / reference, pixels)", d["ratio"]))
     return kv_table(rows) + f"<p class='muted'>k = {f['k']} nearest neighbours; features: {e(r['features'])}.</p>"
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import ConfigError
+from .detail import detail_figures
 from .features import embed, extractor
 from .gan import DEFAULT_BINS, Features, GanAudit, audit_features
 from .prdc import DEFAULT_K
@@ -113,6 +114,7 @@ def audit_sets(
         embed(fn, ref.images, progress, "reference features"),
         embed(fn, gen.images, progress, "generated features"),
         None if hold is None else embed(fn, hold.images, progress, "held-out features"),
+        detail=detail_figures(gen.images, ref.images),
     )
     classes: list[str] = []
     if ref.labels is not None:

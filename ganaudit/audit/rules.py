@@ -28,9 +28,15 @@ def _collapse(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
     return f["recall"] < 0.2 or n["missing_mass"] >= 0.5, {"recall": f["recall"], "missing_mass": n["missing_mass"]}
 
 
+DETAIL_RATIO_MIN = 0.5
+
+
 def _underfit(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
     f = r["fidelity"]
-    return f["precision"] < 0.3 or f["density"] < 0.2, {"precision": f["precision"], "density": f["density"]}
+    ratio = (r.get("detail") or {}).get("ratio")
+    blurry = ratio is not None and ratio < DETAIL_RATIO_MIN
+    values = {"precision": f["precision"], "density": f["density"], "detail_ratio": ratio}
+    return f["precision"] < 0.3 or f["density"] < 0.2 or blurry, values
 
 
 def _memorisation(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
@@ -76,9 +82,10 @@ RULES = (
         _imbalance,
     ),
     Rule(
-        "underfit", "precision < 0.3 or density < 0.2",
+        "underfit", "precision < 0.3 or density < 0.2 or fine-detail ratio < 0.5",
         "Most generated images fall outside every real image's k-NN ball: they do not look like the data "
-        "(blurry, early or broken generators).",
+        "(blurry, early or broken generators); or they keep under half the fine detail of the real images "
+        "(blurry), which a feature space need not see.",
         _underfit,
     ),
 )  # fmt: skip
