@@ -302,3 +302,17 @@ def test_patch_features_are_fitted_on_the_reference_deterministic_and_see_blur(t
     blurry = np.stack([cv2.GaussianBlur(x[0], (0, 0), 1.5)[None] for x in mnist_arrays.images[600:1200]])
     _, b, _ = _audit(tmp_path / "blur", _npy(tmp_path / "g.npy", blurry), ref, hold, "--features", "patches")
     assert b["verdicts"]["underfit"]["tripped"] and b["fidelity"]["precision"] < 0.3
+
+
+@pytest.mark.parametrize(("accuracy", "l2", "expected"), [(0.3, 0.2, True), (0.3, 0.02, None), (0.8, 0.02, False), (0.8, 0.2, True)])
+def test_a_weak_class_classifier_can_trip_imbalance_but_not_clear_it(accuracy, l2, expected):
+    from ganaudit.audit.rules import judge
+
+    share = {"class": "a", "reference_share": 0.5, "generated_share": 0.5, "generated_ci": [0.45, 0.55]}
+    result = {
+        "fidelity": {"precision": 0.9, "recall": 0.9, "density": 1.0}, "ndb": {"missing_mass": 0.0},
+        "balance": {"classifier_accuracy": accuracy, "fairness_discrepancy_reference": l2, "classes": [share]},
+    }  # fmt: skip
+    verdict = judge(result)["imbalance"]
+    assert verdict["tripped"] is expected
+    assert ("too weak" in verdict["values"].get("why", "")) == (expected is None)

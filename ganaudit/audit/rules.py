@@ -29,6 +29,7 @@ def _collapse(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
 
 
 DETAIL_RATIO_MIN = 0.5
+MIN_TRUSTED_ACCURACY = 0.5
 
 
 def _underfit(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
@@ -52,11 +53,17 @@ def _imbalance(r: dict[str, Any]) -> tuple[bool | None, dict[str, Any]]:
     b = r.get("balance")
     if b is None:
         return None, {"why": "no labels (--labels)"}
-    if b["classifier_accuracy"] < 0.5:
-        return None, {"why": f"the class classifier is too weak to trust (held-out accuracy {b['classifier_accuracy']:.2f})"}
     under = [c["class"] for c in b["classes"] if c["reference_share"] >= 0.01 and c["generated_ci"][1] < c["reference_share"] / 2]
     l2 = b["fairness_discrepancy_reference"]
-    return l2 > 0.1 or bool(under), {"fairness_discrepancy_reference": l2, "under_represented": under}
+    values = {"fairness_discrepancy_reference": l2, "under_represented": under}
+    tripped = l2 > 0.1 or bool(under)
+    # A weak classifier dilutes an imbalance (it spreads each class over the others), so it can hide one but not
+    # invent one (both sides are its predictions): a trip stands; a pass is only trusted from a classifier that
+    # gets at least half of the held-out reference images right.
+    if not tripped and b["classifier_accuracy"] < MIN_TRUSTED_ACCURACY:
+        return None, {**values, "why": "no imbalance seen, but the class classifier is too weak to rule one out "
+                      f"(held-out accuracy {b['classifier_accuracy']:.2f})"}  # fmt: skip
+    return tripped, values
 
 
 RULES = (
@@ -78,7 +85,8 @@ RULES = (
         "imbalance", "L2 fairness discrepancy to the reference shares > 0.1, or a class (>= 1 % of the reference) "
         "whose bootstrap upper bound is under half its reference share",
         "Predicted class shares of generated images stray from the reference (a missing class counts as zero). "
-        "Not judged when the classifier's held-out accuracy is under 0.5.",
+        "A weak classifier can hide an imbalance but not invent one: under 0.5 held-out accuracy a pass is "
+        "reported as not judged.",
         _imbalance,
     ),
     Rule(
