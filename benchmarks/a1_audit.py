@@ -98,11 +98,12 @@ def audit(gen: np.ndarray, ref: np.ndarray, hold: np.ndarray, labels: list[str],
     return {**result, "seconds": time.perf_counter() - t0}
 
 
-def run_sets(run: Path, n: int, n_ref: int, seed: int = 0) -> tuple[ImageSet, ImageSet, ImageSet]:
+def run_sets(run: Path, n: int, n_ref: int, seed: int = 0, source: str | None = None) -> tuple[ImageSet, ImageSet, ImageSet]:
     """The run's samples, its training source (labelled; its validation images left out; ``n_ref`` of them drawn
-    by seed) and its validation images: the sets `ganaudit audit gan RUN --reference SOURCE` uses."""
+    by seed) and its validation images: the sets `ganaudit audit gan RUN --reference SOURCE` uses. ``source``
+    replaces the run's recorded source (the same images, e.g. in class folders where the run read a flat folder)."""
     data = RunDir(run).read_info()["data"]
-    source = data["source"] + (f"?range={data['index_range']}" if data.get("index_range") else "")
+    source = source or data["source"] + (f"?range={data['index_range']}" if data.get("index_range") else "")
     hold = run_file(run, VALIDATION)
     ref, _ = drop_shared(load_images(source, 32), hold)
     ref = subset(ref, np.sort(np.random.default_rng(seed).permutation(len(ref.images))[:n_ref]), source)
@@ -160,6 +161,10 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=5000, help="Reference (training) images per data set.")
     ap.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     ap.add_argument("--features", default="auto", help="Feature space, as `ganaudit audit gan --features` (auto, patches, random).")
+    ap.add_argument("--run", action="append", default=[], metavar="DATASET=RUN",
+                    help="The healthy-gan run of a data set (default: DATA/run-mnist, DATA/run-cifar).")
+    ap.add_argument("--run-source", action="append", default=[], metavar="DATASET=FOLDER",
+                    help="Labelled folder holding the same training images as that run's source (class subfolders).")
     args = ap.parse_args()
     rows = []
     for name in args.datasets.split(","):
@@ -168,7 +173,8 @@ def main() -> None:
         print(f"{name}: reference {len(ref.images)}, pool {len(pool.images)}, held-out {len(hold.images)} "
               f"({time.perf_counter() - t0:.0f}s to load)", file=sys.stderr)  # fmt: skip
         n = min(args.n, len(pool.images))
-        g_gen, g_ref, g_hold = run_sets(run, n, args.reference)
+        runs, sources = dict(r.split("=", 1) for r in args.run), dict(r.split("=", 1) for r in args.run_source)
+        g_gen, g_ref, g_hold = run_sets(Path(runs.get(name, run)), n, args.reference, source=sources.get(name))
         t0 = time.perf_counter()
         features = embedder(args.features, g_ref)
         results = {"healthy-gan": audit(features(g_gen), features(g_ref), features(g_hold), g_ref.labels,
