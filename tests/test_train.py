@@ -248,6 +248,10 @@ def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout
     assert "rotation_score" in det.output_names and sc["components"][-1] == "rotation_score"
     v = det.detect(np.zeros((28, 28), np.uint8))
     assert v.components["rotation_score"] > 0  # a summed cross-entropy
+    # the oriented layout scores the larger of its weighted z-scores (feature residual, rotation score)
+    assert sc["combine"] == "max" and "max(" in run_cli("info", model).stdout
+    z = [(np.log(v.components[n] + 1e-8) - c) / s for n, c, s in zip(sc["components"], sc["center"], sc["scale"])]
+    assert v.anomaly_score == pytest.approx(max(w * x for w, x in zip(sc["weight"], z) if w), rel=1e-4, abs=1e-4)
     bad = run_cli("train", mnist_path, "--out", tmp_path / "x", "--rotation", "-1", *args[:-2])
     assert bad.exit_code == 2 and "rotation" in bad.stderr
     bad = run_cli("train", mnist_path, "--out", tmp_path / "x", "--augment", "rotate", *args)

@@ -169,4 +169,5 @@ def describe_scoring(scoring: dict[str, Any]) -> str:
     shown = {"log": "log {}", "negate": "-{}"}
     terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
     weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
-    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + " + ".join(weighted)
+    combined = f"max({', '.join(weighted)})" if scoring.get("combine") == "max" else " + ".join(weighted)
+    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + combined

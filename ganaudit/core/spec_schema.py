@@ -61,6 +61,7 @@ class ScoringSchema(_Strict):
     center: Optional[list[Finite]] = None
     scale: Optional[list[Finite]] = None
     weight: Optional[list[Finite]] = None
+    combine: Literal["sum", "max"] = "sum"  # of the weighted z-scores: their sum, or the largest weighted one
 
     @model_validator(mode="after")
     def _fused_lists_agree(self) -> "ScoringSchema":

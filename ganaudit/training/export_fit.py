@@ -19,7 +19,7 @@ from ..core.imaging import preprocess, regions_to_input
 from ..core.layout import is_stationary
 from .rundir import RunDir
 from ..runtime.detector import Detector
-from .scoring import COMPONENTS, LAYOUT_NAMES, ScoringModel, fusion_inputs
+from .scoring import COMPONENTS, LAYOUT_COMBINE, LAYOUT_NAMES, ScoringModel, fusion_inputs
 from ..core.spec import ModelSpec, PreprocessSpec, Threshold
 from ..core.thresholds import apply_calibration, threshold_at_fpr
 
@@ -43,13 +43,15 @@ def fit_fusion(
     if layout == "oriented" and not model.has_rotation:
         raise ConfigError("--layout oriented needs a D trained with the rotation task (ganaudit train --rotation 1)")
     weights = [c.weights[layout] for c in model.components]
+    combine = LAYOUT_COMBINE[layout]
     t = fusion_table(model, val, batch)
     center = np.median(t, axis=0)
     q75, q25 = np.percentile(t, [75, 25], axis=0)
     scale = np.maximum((q75 - q25) / 1.349, 1e-6)
-    model.set_fusion(center.tolist(), scale.tolist(), weights)
+    model.set_fusion(center.tolist(), scale.tolist(), weights, combine)
     return {
         "method": "fused",
+        **({"combine": combine} if combine != "sum" else {}),  # sum: as every file written before it
         "components": [c.name for c in model.components],
         "transforms": [c.transform for c in model.components],
         "center": center.tolist(),
