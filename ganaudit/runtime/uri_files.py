@@ -50,7 +50,8 @@ def _resolve(uri: str) -> tuple[Any, str]:
     root = f"{parts.scheme}://{parts.netloc}"
     with _lock:
         cached = _systems.get(root)
-    if cached is not None and "%" not in uri:  # percent-escapes: pyarrow's from_uri decodes them
+    plain = "%" not in uri and not parts.query  # from_uri decodes escapes and reads options (?region=...) itself
+    if cached is not None and plain:
         fs, keeps = cached
         return fs, (parts.netloc + parts.path) if keeps else parts.path
     pafs = _pyarrow_fs()
@@ -58,7 +59,7 @@ def _resolve(uri: str) -> tuple[Any, str]:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError, TypeError) as e:  # unknown scheme, bad authority, no credentials...
         raise ImageDecodeError(f"cannot open {uri}: {e}") from None
-    if path in (parts.netloc + parts.path, parts.path):  # the rule is known: reuse the file system
+    if plain and path in (parts.netloc + parts.path, parts.path):  # the rule is known: reuse the file system
         with _lock:
             _systems[root] = (fs, path == parts.netloc + parts.path and path != parts.path)
     return fs, path
