@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import sys
 import json
 import logging
 import math
 import os
 import random
 import stat
+import sys
 import time
 from array import array
 from collections import deque

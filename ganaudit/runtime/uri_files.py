@@ -69,8 +69,11 @@ def stat_uri(uri: str) -> RemoteFile:
     """Size and modification time (seconds since the epoch, None where the store has none) of a file.
 
     Raises ImageDecodeError for a missing object or a directory, ConfigError without pyarrow."""
+    return _stat(uri, *_resolve(uri))
+
+
+def _stat(uri: str, fs: Any, path: str) -> RemoteFile:
     pafs = _pyarrow_fs()
-    fs, path = _resolve(uri)
     try:
         info = fs.get_file_info(path)
     except OSError as e:
@@ -86,9 +89,9 @@ def stat_uri(uri: str) -> RemoteFile:
 def read_uri(uri: str, max_pixels: int) -> tuple[RemoteFile, bytes]:
     """The file's size and mtime, and its bytes. A file too big for an image within ``max_pixels`` is refused
     unread, and at most that bound plus one byte is ever read (a store that lies about the size gains nothing)."""
-    meta = stat_uri(uri)
+    fs, path = _resolve(uri)  # once: for a URI with options or escapes it builds a new file system
+    meta = _stat(uri, fs, path)
     check_file_size(meta.size, max_pixels)
-    fs, path = _resolve(uri)
     bound = max_file_bytes(max_pixels)
     try:
         with fs.open_input_stream(path) as f:

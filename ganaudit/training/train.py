@@ -183,10 +183,9 @@ def resolve_auto(cfg: TrainConfig, data: Dataset) -> TrainConfig:
 
 def warn_rotation_on_stationary(cfg: TrainConfig, data: Dataset) -> None:
     """A turned texture is just another normal texture: the rotation task means nothing there."""
-    if cfg.rotation:
-        if _looks_stationary(data):
-            log.warning("--rotation: these images look alike at every position (textures?); a turned image is "
-                        "just another normal one, so the rotation task will not help. Consider --rotation 0")  # fmt: skip
+    if cfg.rotation and _looks_stationary(data):
+        log.warning("--rotation: these images look alike at every position (textures?); a turned image is "
+                    "just another normal one, so the rotation task will not help. Consider --rotation 0")  # fmt: skip
 
 
 def pick_device(device: str = "auto") -> torch.device:
