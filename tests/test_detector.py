@@ -21,7 +21,7 @@ from ganaudit import Detector, ModelFormatError, Verdict
 from ganaudit.training.export_graph import scoring_model, torch_outputs
 from ganaudit.core.layout import STATIONARY_BELOW, alignment
 from ganaudit.core.imaging import preprocess, preprocess_batch
-from ganaudit.training.scoring import components_of, k_center
+from ganaudit.training.scoring import KNN_DIMS, components_of, k_center, nearest_sq_distance
 from ganaudit.core.spec import METADATA_KEY
 from ganaudit.training.train import load_networks
 
@@ -281,20 +281,68 @@ def test_fused_score_sums_robust_z_scores_and_izif_stays_selectable(tiny_run, ti
     assert bad.exit_code == 2 and "--score" in bad.stderr
 
 
+def _unit_features(run, images):
+    _, nets, _ = load_networks(run)
+    D = nets.D.without_spectral_norm()
+    with torch.no_grad():
+        return torch.nn.functional.normalize(D(torch.from_numpy(images))[1], dim=1).numpy().astype(np.float64)
+
+
 def test_knn_distance_is_the_mean_of_the_k_nearest_memory_bank_distances(tiny_run, tiny_model, mnist_test_images):
     bank_images = np.load(Path(tiny_run) / "memory_bank.npy").astype(np.float32)
     det = Detector.load(tiny_model)
-    assert det.spec.scoring["memory_bank_size"] == len(bank_images) and det.spec.scoring["knn_k"] == 5
+    sc = det.spec.scoring
+    assert sc["memory_bank_size"] == len(bank_images) and sc["knn_k"] == 5
+    assert sc["knn_dims"] == min(len(bank_images), KNN_DIMS)  # a bank this small spans its own subspace
     queries = np.concatenate([bank_images[:3], np.stack([preprocess(im, det.spec.preprocess) for im in mnist_test_images[0][:5]])])
     got = det.run(queries)["knn_distance"]
-    _, nets, _ = load_networks(tiny_run)
-    D = nets.D.without_spectral_norm()
-    with torch.no_grad():
-        unit = lambda x: torch.nn.functional.normalize(D(torch.from_numpy(x))[1], dim=1).numpy()  # noqa: E731
-        bank, q = unit(bank_images).astype(np.float16).astype(np.float32), unit(queries)
-    d2 = np.sort(np.maximum(2 - 2 * q @ bank.T, 0), axis=1)[:, :5].mean(1)
-    np.testing.assert_allclose(got, d2, rtol=1e-3, atol=1e-4)
+    bank, q = _unit_features(tiny_run, bank_images), _unit_features(tiny_run, queries)
+    d2 = np.sort(np.maximum(2 - 2 * q @ bank.T, 0), axis=1)[:, :5].mean(1)  # exact: the subspace holds the bank
+    np.testing.assert_allclose(got, d2, rtol=2e-3, atol=2e-4)
     assert np.all(got[:3] < np.median(got[3:]))  # a bank image is its own nearest neighbour
+
+
+def test_knn_distance_in_a_principal_subspace_adds_the_distance_from_it(tiny_run, monkeypatch, mnist_test_images):
+    import ganaudit.training.scoring as scoring
+
+    monkeypatch.setattr(scoring, "KNN_DIMS", 6)  # fewer directions than the bank spans
+    cfg, nets, _ = load_networks(tiny_run)
+    bank_images = np.load(Path(tiny_run) / "memory_bank.npy").astype(np.float32)
+    model = scoring_model(Path(tiny_run), cfg, nets, head=None)
+    queries = np.stack([preprocess(im, cfg.preprocess) for im in mnist_test_images[0][:6]])
+    with torch.no_grad():
+        got = model.knn_distance(model.D(torch.from_numpy(queries))[1]).numpy()
+    bank, q = _unit_features(tiny_run, bank_images), _unit_features(tiny_run, queries)
+    mean = bank.mean(0)
+    basis = np.linalg.svd(bank - mean, full_matrices=False)[2][:6].T  # signs differ from torch's: distances do not
+    pb, pq = (bank - mean) @ basis, (q - mean) @ basis
+    pb = pb.astype(np.float16).astype(np.float64)  # the bank is stored as float16
+    off = ((q - mean) ** 2).sum(1) - (pq**2).sum(1)
+    d2 = np.sort(((pq[:, None] - pb[None]) ** 2).sum(2), axis=1)[:, :5].mean(1) + off
+    assert model.bank.shape == (len(bank_images), 6) and model.bank.dtype == torch.float16
+    np.testing.assert_allclose(got, d2, rtol=2e-3, atol=2e-4)
+    assert np.all(off > 0)
+
+
+def test_patch_search_is_the_exact_nearest_distance_up_to_its_floor():
+    rng = np.random.default_rng(0)
+    bank = torch.from_numpy(rng.normal(3.0, 1.0, (300, 32)).astype(np.float32))  # far from 0, as D's features are
+    q = torch.cat([bank[:5], torch.from_numpy(rng.normal(3.0, 1.0, (40, 32)).astype(np.float32))])
+    exact = torch.cdist(q.double(), bank.double()).min(1).values.pow(2)
+    got = nearest_sq_distance(q - bank.mean(0), bank - bank.mean(0)).double()
+    np.testing.assert_allclose(got.numpy(), exact.numpy(), atol=1e-4 * float((bank - bank.mean(0)).pow(2).sum(1).mean()))
+    assert torch.all(got >= 0)
+
+
+def test_export_patch_bank_sets_the_maps_bank_and_rejects_nonsense(tiny_run, tiny_model, tmp_path, mnist_test_images):
+    res = run_cli("export", tiny_run, "-o", tmp_path / "small.onnx", "--patch-bank", "64")
+    assert res.exit_code == 0, res.output
+    small = Detector.load(tmp_path / "small.onnx")
+    assert small.spec.scoring["patch_bank_size"] == 64 < Detector.load(tiny_model).spec.scoring["patch_bank_size"]
+    assert small.detect(mnist_test_images[0][0]).anomaly_score is not None
+    for value in ("0", "-3", "1000000"):
+        bad = run_cli("export", tiny_run, "-o", tmp_path / "x.onnx", "--patch-bank", value)
+        assert bad.exit_code == 2 and "--patch-bank" in bad.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_anomaly_map_locates_a_pasted_square_and_patch_distance_is_its_unscaled_peak(tiny_model, mnist_test_images):

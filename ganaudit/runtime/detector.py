@@ -204,6 +204,7 @@ class Detector:
         self.output_names = [o.name for o in session.get_outputs()]
         self.input_name = session.get_inputs()[0].name
         self.uses_crops = "crops" in spec.inputs
+        self.crops_axis_free = any(i.name == "crops" and not isinstance(i.shape[1], int) for i in session.get_inputs())
         graph_inputs = [i.name for i in session.get_inputs()]
         missing = [n for n in spec.outputs if n not in self.output_names] + [
             f"input {n}" for n in spec.inputs if n not in graph_inputs
@@ -352,6 +353,8 @@ class Detector:
         """
         if self.uses_crops and crops is None:
             crops = self._tensor_as_crops(batch)
+        if self.uses_crops:
+            crops = self._unique_crops(crops)  # type: ignore[arg-type]
         chunks: list[list[np.ndarray]] = []
         step = self.rows_per_call
         for i in range(0, len(batch), step):
@@ -363,8 +366,15 @@ class Detector:
         return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.output_names)}
 
     def _tensor_as_crops(self, batch: np.ndarray) -> np.ndarray:
-        k = self.spec.preprocess.native_crops
+        k = 1 if self.crops_axis_free else self.spec.preprocess.native_crops
         return np.repeat(np.asarray(batch, dtype=np.float32)[:, None], k, axis=1)
+
+    def _unique_crops(self, crops: np.ndarray) -> np.ndarray:
+        """One crop per image when every image's crops are copies of its first (an image no larger than the
+        model's size: the head's mean over K copies is its value on one) and the graph takes any K."""
+        if self.crops_axis_free and crops.shape[1] > 1 and np.array_equal(crops, np.broadcast_to(crops[:, :1], crops.shape)):
+            return crops[:, :1]
+        return crops
 
     def score_prepared(
         self, items: Sequence[Prepared], *, include_map: bool = False, thresholds: Thresholds | None = None

@@ -25,7 +25,7 @@ from .export_int8 import quantize_int8
 from ..core.layout import alignment
 from .rundir import RunDir
 from ..runtime.detector import Detector, rows_per_call
-from .scoring import LAYOUT_NAMES, SCORE_METHODS
+from .scoring import LAYOUT_NAMES, PATCH_BANK_SIZE, PATCH_CANDIDATES, SCORE_METHODS
 from ..core.spec import ModelSpec
 from ..core.thresholds import check_fpr
 from .train import load_networks
@@ -56,9 +56,11 @@ class ExportReport:
         return asdict(self)
 
 
-def check_options(fpr: float, quantize: str, score: str, layout: str) -> None:
+def check_options(fpr: float, quantize: str, score: str, layout: str, patch_bank: int = PATCH_BANK_SIZE) -> None:
     """ConfigError naming the export option that is wrong."""
     check_fpr(fpr)
+    if not 1 <= patch_bank <= PATCH_CANDIDATES:
+        raise ConfigError(f"--patch-bank must be between 1 and {PATCH_CANDIDATES}, got {patch_bank}")
     if quantize not in ("none", "int8"):
         raise ConfigError(f"--quantize must be none or int8, got {quantize!r}")
     if score not in SCORE_METHODS:
@@ -81,6 +83,7 @@ def export(
     score: str = "fused",
     layout: str = "auto",
     domain_coverage: float = DOMAIN_COVERAGE,
+    patch_bank: int = PATCH_BANK_SIZE,
 ) -> ExportReport:
     """Build the scoring graph of a run, export it, verify parity, fit thresholds, write one .onnx file.
 
@@ -93,9 +96,11 @@ def export(
     alike, e.g. textures or surfaces: the local patch distance) or ``auto`` (decided by :func:`alignment`).
     ``domain_coverage`` sets the domain gate of a model with a generated head (:mod:`ganaudit.core.domain`): the
     share of the training domain's own held-out images (real and generated, pooled) that stay inside it.
+    ``patch_bank`` is the anomaly map's bank of local features: fewer entries make a cheaper detector with a
+    coarser map (docs/benchmarks.md, "Detector cost").
     """
     run_dir, output = Path(run_dir), Path(output)
-    check_options(fpr, quantize, score, layout)
+    check_options(fpr, quantize, score, layout, patch_bank)
     cfg, nets, ckpt = load_networks(run_dir)
     if ckpt["step"] < cfg.total_steps:
         msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"
@@ -111,7 +116,7 @@ def export(
     val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
 
     model, spec, fp32 = _build(
-        run_dir, cfg, nets, head, val, val_crops, score, layout, name or run_dir.resolve().name, quantize
+        run_dir, cfg, nets, head, val, val_crops, score, layout, name or run_dir.resolve().name, quantize, patch_bank
     )
 
     # parity, then (int8) quantisation; one Detector of the graph that ships
@@ -147,12 +152,12 @@ def export(
 
 def _build(
     run_dir: Path, cfg: Any, nets: Any, head: Any, val: np.ndarray, val_crops: np.ndarray | None, score: str,
-    layout: str, name: str, quantize: str,
+    layout: str, name: str, quantize: str, patch_bank: int,
 ) -> tuple[Any, ModelSpec, bytes]:  # fmt: skip
     """The scoring graph, its anomaly score (the fused one fitted on the validation images), and the fp32 ONNX
     graph with its spec (no thresholds yet)."""
     images = RunDir(run_dir).load_memory_bank()
-    model = scoring_model(run_dir, cfg, nets, head, images=images, val=val)
+    model = scoring_model(run_dir, cfg, nets, head, images=images, val=val, patch_bank=patch_bank)
     if score == "fused":
         scoring = fit_fusion(model, val, layout, alignment(images))
     else:

@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..core.errors import ModelFormatError
 from .rundir import RunDir
-from .scoring import KNN_K, ScoringModel
+from .scoring import KNN_K, PATCH_BANK_SIZE, ScoringModel
 from ..core.spec import METADATA_KEY, ModelSpec
 
 OPSET = 17
@@ -24,19 +24,22 @@ PARITY_RTOL = 1e-4
 # anomaly_map = unscaled map / (MAP_SCALE_FACTOR * median patch_distance of the normal validation images):
 # a typical normal image peaks near 0.5, and 1 (the top of the service's heat map PNG) is twice that.
 MAP_SCALE_FACTOR = 2.0
+# Any number of crops per image: the runtime passes one when an image's crops are all alike (small images).
+DYNAMIC_AXES = {"image": {0: "batch"}, "crops": {0: "batch", 1: "crops"}}
 
 
 def scoring_model(
     run_dir: Path, cfg: Any, nets: Any, head: torch.nn.Module | None, *,
-    images: np.ndarray | None = None, val: np.ndarray | None = None,
+    images: np.ndarray | None = None, val: np.ndarray | None = None, patch_bank: int = PATCH_BANK_SIZE,
 ) -> ScoringModel:  # fmt: skip
     """The scoring graph of a run (before fusion is fitted): its memory bank and patch bank of training images,
     and the map scale fitted on its validation images. ``images`` and ``val``, when the caller has already
-    loaded them, are the run's memory bank and validation images (RunDir.load_memory_bank, load_validation)."""
+    loaded them, are the run's memory bank and validation images (RunDir.load_memory_bank, load_validation);
+    ``patch_bank`` is the patch bank's size (a smaller bank is a cheaper, coarser anomaly map)."""
     model = ScoringModel(nets.G_ema, nets.D, nets.E, kappa=cfg.kappa, head=head).eval()
     bank_images = torch.from_numpy(RunDir(run_dir).load_memory_bank() if images is None else images)
     model.set_memory_bank(bank_images)
-    model.set_patch_bank(bank_images, seed=cfg.seed)
+    model.set_patch_bank(bank_images, seed=cfg.seed, size=patch_bank)
     normal = torch.from_numpy(RunDir(run_dir).load_validation() if val is None else val)
     with torch.no_grad():
         peaks = torch.cat([model.patch_map(normal[i : i + 256]).flatten(1).amax(1) for i in range(0, len(normal), 256)])
@@ -48,6 +51,7 @@ def graph_facts(model: ScoringModel) -> dict[str, Any]:
     """What the spec records of the graph's banks and map (the runtime sizes its calls from patch_bank_size)."""
     return {
         "knn_k": KNN_K,
+        "knn_dims": int(model.knn_basis.shape[1]),
         "memory_bank_size": int(len(model.bank)),
         "patch_bank_size": int(len(model.patch_bank)),
         "map_scale": float(model.map_scale),
@@ -87,7 +91,7 @@ def to_onnx(
             opset_version=OPSET,
             input_names=inputs,
             output_names=names,
-            dynamic_axes={**{n: {0: "batch"} for n in inputs}, **{n: {0: "batch"} for n in names}},
+            dynamic_axes={**{n: DYNAMIC_AXES[n] for n in inputs}, **{n: {0: "batch"} for n in names}},
             do_constant_folding=False,  # keeps the float16 memory bank float16 in the file; onnxruntime folds at load
         )
     proto = onnx.load_from_string(buf.getvalue())
