@@ -265,6 +265,20 @@ def test_small_images_feed_one_crop_and_score_as_with_all_of_them(head_run, head
     assert fed == [1, 4]  # one crop only when every image's crops are alike
 
 
+def test_files_with_a_fixed_number_of_crops_still_get_all_of_them(head_run, head_model, tmp_path):
+    proto = onnx.load(str(head_model))
+    dim = proto.graph.input[1].type.tensor_type.shape.dim[1]
+    dim.ClearField("dim_param")
+    dim.dim_value = 4  # as files exported before the crops axis was dynamic
+    old = tmp_path / "fixed.onnx"
+    onnx.save(proto, str(old))
+    det = Detector.load(old)
+    assert not det.crops_axis_free
+    small = list(to_uint8(sample(head_run, 3, seed=6)))
+    got = [v.generated_score for v in det.detect(small)]
+    assert got == pytest.approx([v.generated_score for v in Detector.load(head_model).detect(small)], rel=1e-5)
+
+
 def test_detector_scores_large_images_on_their_native_crops(head_run, head_model, mnist_path):
     det = Detector.load(head_model)
     big = np.kron(_test_images(mnist_path)[0], np.ones((3, 3), np.uint8))  # 84x84, 16x16 model
