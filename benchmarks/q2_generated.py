@@ -238,7 +238,8 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for label, fpr in (("shipped (fpr 0.01)", None), ("fpr 0.05", 0.05)):
-        det = Detector.load(model, fpr=fpr, threads=args.threads)
+        # the head itself (the gate is q2_domain_gate.py's)
+        det = Detector.load(model, fpr=fpr, threads=args.threads, domain_gate=False)
         thr = det.thresholds.generated
         kinds = ["clean"] + (PERTURBATIONS if fpr is None else [])
         res: dict[str, dict] = {"threshold": thr}

@@ -73,7 +73,7 @@ def main() -> int:
     rows = {}
     for steps in [int(s) for s in args.variants.split(",")]:
         name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}"
-        det = Detector.load(retrain(args.run, args.work / name, steps, data), threads=1)
+        det = Detector.load(retrain(args.run, args.work / name, steps, data), threads=1, domain_gate=False)
         thr = det.thresholds.generated
         res = {k: metrics(scores(det, reals, k), scores(det, fakes, k), thr) for k in ["clean"] + PERTURBATIONS}
         rows[name] = res
