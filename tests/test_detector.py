@@ -336,6 +336,33 @@ def test_patch_search_is_the_exact_nearest_distance_up_to_its_floor():
     assert torch.all(got >= 0)
 
 
+def test_exported_patch_search_takes_the_bank_in_chunks_and_stays_exact():
+    """The exported search splits the bank (a Gemm and a ReduceMin per chunk, a partial last chunk too); the
+    least of the chunks' minima must be the nearest distance over the whole bank, in onnxruntime."""
+    import io
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(1)
+    bank = torch.from_numpy(rng.normal(0.0, 1.0, (300, 32)).astype(np.float32))  # 4 chunks of 64, then 44
+
+    class Search(torch.nn.Module):
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            return nearest_sq_distance(q, bank)
+
+    buf = io.BytesIO()
+    q = torch.from_numpy(rng.normal(0.0, 1.0, (50, 32)).astype(np.float32))
+    torch.onnx.export(Search(), (q,), buf, dynamo=False, input_names=["q"], output_names=["d"],
+                      dynamic_axes={"q": {0: "n"}, "d": {0: "n"}})  # fmt: skip
+    proto = onnx.load_from_string(buf.getvalue())
+    assert sum(n.op_type == "Gemm" for n in proto.graph.node) == 5
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    queries = np.concatenate([bank[250:260].numpy(), rng.normal(0.0, 1.0, (70, 32)).astype(np.float32)])
+    got = session.run(None, {"q": queries})[0]
+    exact = torch.cdist(torch.from_numpy(queries).double(), bank.double()).min(1).values.pow(2).numpy()
+    np.testing.assert_allclose(got, exact, atol=1e-4)  # matches in the last chunk are found too (distance 0)
+
+
 def test_export_patch_bank_sets_the_maps_bank_and_rejects_nonsense(tiny_run, tiny_model, tmp_path, mnist_test_images):
     res = run_cli("export", tiny_run, "-o", tmp_path / "small.onnx", "--patch-bank", "64")
     assert res.exit_code == 0, res.output

@@ -63,6 +63,12 @@ PATCH_CANDIDATES = 65536
 # root would blow that up near an exact match (up to 1e-3 |features|). A floor of PATCH_FLOOR times the bank's
 # mean squared norm (distances under 1 % of a typical feature's length) keeps the map's noise under 1e-4.
 PATCH_FLOOR = 1e-4
+# The exported search takes the bank PATCH_CHUNK entries at a time (a Gemm and a ReduceMin each, then the least of
+# their minima): each Gemm's output then stays in the CPU's cache instead of one [positions, bank] matrix going
+# through memory, which halves the search's time (docs/benchmarks.md, "Detector cost"); at most
+# PATCH_MAX_CHUNKS of them, so that huge banks do not make huge graphs.
+PATCH_CHUNK = 64
+PATCH_MAX_CHUNKS = 256
 MAP_SIGMA = 2.0
 
 
@@ -96,13 +102,17 @@ def k_center(points: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def nearest_sq_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Squared distance of each query row to its nearest bank row: |q|^2 + min(|b|^2 - 2 q.b), one Gemm and one
-    ReduceMin (ArgMin plus a recomputed difference cost twice as much in onnxruntime, docs/benchmarks.md).
-    Run eagerly, it goes PATCH_MATRIX_BYTES of the matrix at a time, as the runtime does by splitting batches;
-    exported, it is one Gemm over the whole batch."""
+    """Squared distance of each query row to its nearest bank row: |q|^2 + min(|b|^2 - 2 q.b), Gemms and
+    ReduceMins (ArgMin plus a recomputed difference cost twice as much in onnxruntime, docs/benchmarks.md).
+    Exported, the bank goes in chunks of PATCH_CHUNK entries (see there) over the whole batch; run eagerly, it
+    goes PATCH_MATRIX_BYTES of the matrix at a time, as the runtime does by splitting batches."""
     sq = bank.pow(2).sum(1)
     if torch.onnx.is_in_onnx_export():
-        least = torch.addmm(sq, q, bank.T, alpha=-2.0).amin(1)
+        size = max(PATCH_CHUNK, -(-len(bank) // PATCH_MAX_CHUNKS))
+        least = None  # one Split of the bank, then a Gemm, a ReduceMin and a Min per chunk: a small graph
+        for sq_part, bank_part in zip(torch.split(sq, size), torch.split(bank.T, size, dim=1)):
+            m = torch.addmm(sq_part, q, bank_part, alpha=-2.0).amin(1)
+            least = m if least is None else torch.minimum(least, m)
     else:
         step = max(1, PATCH_MATRIX_BYTES // (4 * len(bank)))
         least = torch.cat([torch.addmm(sq, q[i : i + step], bank.T, alpha=-2.0).amin(1) for i in range(0, len(q), step)])
