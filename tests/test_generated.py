@@ -157,6 +157,23 @@ def test_resume_inside_the_head_phase_is_equivalent_to_a_straight_run(tmp_path):
     assert any(not torch.equal(v, trained.state_dict()[k]) for k, v in a["H"].items())  # the head did train
 
 
+def test_prefetched_head_batches_train_the_same_head_as_batches_made_in_step(tmp_path, monkeypatch):
+    import ganaudit.training.train as train_module
+
+    data = load_dataset("sklearn:digits?label=3", size=16, native_crops=4)
+    cfg = TrainConfig(size=16, width=8, z_dim=8, batch_size=16, steps=6, encoder_steps=2, generated_head=True,
+                      head_steps=5, head_pool=64, sample_every=6, checkpoint_every=6, log_every=1)  # fmt: skip
+    run_training(cfg, data, tmp_path / "prefetched", progress=False)
+    monkeypatch.setattr(train_module, "HEAD_PREFETCH", False)
+    run_training(cfg, data, tmp_path / "in_step", progress=False)
+    a, b = load_checkpoint(tmp_path / "prefetched"), load_checkpoint(tmp_path / "in_step")
+    for k in a["H"]:
+        assert torch.equal(a["H"][k], b["H"][k]), k
+    losses = [[json.loads(line).get("h_loss") for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("prefetched", "in_step")]  # fmt: skip
+    assert losses[0] == losses[1] and sum(v is not None for v in losses[0]) == 5
+
+
 def test_retrain_head_gives_the_head_a_fresh_run_with_those_head_steps_would_have(tmp_path):
     args = ["sklearn:digits?label=3", "--size", "16", "--width", "8", "--z-dim", "8", "--batch-size", "16",
             "--steps", "12", "--encoder-steps", "4", "--sample-every", "6", "--checkpoint-every", "6", "--no-progress"]  # fmt: skip

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # Generated-head steps per GAN step by default: 4x beat 0.2x, 0.6x, 1.2x and 2x on the Q2 development split
 # (robustness to blur and resizing, accuracy at the threshold; docs/benchmarks.md, Q2).
 HEAD_STEPS_PER_GAN_STEP = 4
+# The head's next batch (OpenCV augmentation and crops, about a fifth of a step) is made on a thread while
+# torch runs the current step; a batch depends only on its step, so the result is the same either way.
+HEAD_PREFETCH = True
 MODE_COLLAPSE_RATIO = 0.5
 HEAD_RETRAIN_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
@@ -298,6 +302,8 @@ class Trainer:
             )
         self.opt_h: torch.optim.Optimizer | None = None
         self.pool: np.ndarray | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetched: tuple[int, Future[np.ndarray]] | None = None
 
     # --- state -------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -468,19 +474,41 @@ class Trainer:
         self.nets.H.train()
         return self.nets.H
 
-    def h_step(self) -> float:
-        """One head step: a batch of real and of generated images, augmented alike, one random native crop each."""
-        self._head_ready()
-        cfg, native = self.cfg, self.native
-        assert native is not None and self.pool is not None and self.opt_h is not None
+    def _head_batch(self, step: int) -> np.ndarray:
+        """The crops of a head step: a batch of real and of generated images, augmented alike, one random native
+        crop each, from the step's own random stream (so a resumed or prefetched batch is the same batch)."""
+        cfg, native, pool = self.cfg, self.native, self.pool
+        assert native is not None and pool is not None
         rank = [self.dist.rank] if self.dist.enabled else []
-        rng = np.random.default_rng([cfg.seed, 7, self.step, *rank])  # per-step stream: resume gives the same batches
+        rng = np.random.default_rng([cfg.seed, 7, step, *rank])
         n = self.local_batch
         reals = [native[i, k] for i, k in zip(rng.integers(len(native), size=n), rng.integers(native.shape[1], size=n))]
-        fakes = [self.pool[i] for i in rng.integers(len(self.pool), size=n)]
-        x = torch.from_numpy(training_crops(reals + fakes, cfg.preprocess, rng)).to(self.device)
+        fakes = [pool[i] for i in rng.integers(len(pool), size=n)]
+        return training_crops(reals + fakes, cfg.preprocess, rng)
+
+    def _take_head_batch(self) -> np.ndarray:
+        """This step's crops (made during the previous step when it was prefetched); starts the next step's."""
+        pending, self._prefetched = self._prefetched, None
+        crops = pending[1].result() if pending is not None and pending[0] == self.step else self._head_batch(self.step)
+        if HEAD_PREFETCH and self.step + 1 < self.cfg.total_steps:
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="ganaudit-head-batches")
+            self._prefetched = (self.step + 1, self._prefetcher.submit(self._head_batch, self.step + 1))
+        return crops
+
+    def close_prefetch(self) -> None:
+        """Stop the head's prefetch thread (a batch being made is finished and dropped)."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+        self._prefetcher, self._prefetched = None, None
+
+    def h_step(self) -> float:
+        """One head step: binary cross-entropy of each head branch on this step's real and generated crops."""
+        self._head_ready()
+        assert self.opt_h is not None and self.H_call is not None
+        n = self.local_batch
+        x = torch.from_numpy(self._take_head_batch()).to(self.device)
         y = torch.cat([torch.zeros(n), torch.ones(n)]).to(self.device)
-        assert self.H_call is not None
         logits = self.H_call(x, method="branch_logits")  # across processes: through the head's DDP wrapper
         loss = sum(F.binary_cross_entropy_with_logits(logit, y) for logit in logits) / len(logits)
         self.opt_h.zero_grad(set_to_none=True)
@@ -544,7 +572,8 @@ class Trainer:
                    dynamic_ncols=True)  # fmt: skip
         t0, s0 = time.perf_counter(), self.step
         opened = metrics_path.open("a") if main else contextlib.nullcontext()
-        with deferred_sigint() as interrupted, opened as metrics:
+        with deferred_sigint() as interrupted, opened as metrics, contextlib.ExitStack() as cleanup:
+            cleanup.callback(self.close_prefetch)
             end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
             while self.step < end and not ddp.any_rank(self.dist, interrupted()):
                 bar.set_description(PHASE_NAMES[self.phase(self.step + 1)])
