@@ -1,6 +1,6 @@
 """Q2 lever study: generated-head training length and augmentation strength, on a development split.
 
-    python benchmarks/q2_head_levers.py --run runs/digits --variants 600,1800,3600,6000 [--augment-prob 0.5]
+    python benchmarks/q2_head_levers.py --run runs/digits --variants 600,1800,3600,6000 [--augment-prob 0.5] [--head-lr 1e-4]
 
 Each variant copies the finished run RUN (trained on MNIST-t10k index < 8000), retrains only its generated
 head (`ganaudit train --retrain-head`: same G, D and E) with that many head steps, exports it and scores:
@@ -36,14 +36,16 @@ from ganaudit.training.train import load_config, train
 N_DEV = 800
 
 
-def retrain(run: Path, out: Path, head_steps: int, data) -> Path:
+def retrain(run: Path, out: Path, head_steps: int, data, head_lr: float | None = None) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run, out, ignore=shutil.ignore_patterns(SAMPLES))
     cfg = load_config(out)
     cfg.head_steps = head_steps
+    if head_lr is not None:
+        cfg.head_lr = head_lr
     train(cfg, data, out, retrain_head=True, progress=False)
-    model = out.with_suffix(".onnx")
+    model = out.parent / f"{out.name}.onnx"  # not with_suffix: "r0.35" would lose ".35"
     export(out, model, fpr=0.01, name=out.name)
     return model
 
@@ -57,6 +59,7 @@ def main() -> int:
                     help="probability of each training degradation (resize, blur, JPEG)")  # fmt: skip
     ap.add_argument("--resize-min", type=float, default=generated.RESIZE_SCALE[0],
                     help="smallest training resize factor (the largest stays %g)" % generated.RESIZE_SCALE[1])  # fmt: skip
+    ap.add_argument("--head-lr", type=float, default=None, help="the head's learning rate (default: the run's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ganaudit-q2-levers"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -72,14 +75,15 @@ def main() -> int:
     fakes = sample_u8(args.run, N_DEV, seed=4242)
     rows = {}
     for steps in [int(s) for s in args.variants.split(",")]:
-        name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}"
-        det = Detector.load(retrain(args.run, args.work / name, steps, data), threads=1, domain_gate=False)
+        name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}" + (f"-lr{args.head_lr:g}" if args.head_lr else "")
+        model = retrain(args.run, args.work / name, steps, data, args.head_lr)
+        det = Detector.load(model, threads=1, domain_gate=False)
         thr = det.thresholds.generated
         res = {k: metrics(scores(det, reals, k), scores(det, fakes, k), thr) for k in ["clean"] + PERTURBATIONS}
         rows[name] = res
         c = res["clean"]
         drops = " / ".join(f"{c['auroc'] - res[k]['auroc']:.3f}" for k in PERTURBATIONS)
-        print(f"| {steps} | {args.augment_prob:g} | {args.resize_min:g} | {c['auroc']:.3f} | {c['acc_shipped']:.3f} / {c['acc_best']:.3f} | {drops} |", flush=True)
+        print(f"| {steps} | {args.head_lr or cfg.head_lr:g} | {args.augment_prob:g} | {args.resize_min:g} | {c['auroc']:.3f} | {c['acc_shipped']:.3f} / {c['acc_best']:.3f} | {drops} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

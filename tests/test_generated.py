@@ -174,6 +174,19 @@ def test_prefetched_head_batches_train_the_same_head_as_batches_made_in_step(tmp
     assert losses[0] == losses[1] and sum(v is not None for v in losses[0]) == 5
 
 
+def test_retrain_head_from_python_takes_the_new_head_learning_rate(tmp_path):
+    from dataclasses import replace
+
+    data = load_dataset("sklearn:digits?label=3", size=16, native_crops=4)
+    cfg = TrainConfig(size=16, width=8, z_dim=8, batch_size=16, steps=4, encoder_steps=2, generated_head=True,
+                      head_steps=3, head_pool=64, sample_every=6, checkpoint_every=6)  # fmt: skip
+    run_training(cfg, data, tmp_path / "run", progress=False)
+    first = load_checkpoint(tmp_path / "run")["H"]
+    run_training(replace(cfg, head_lr=1e-2), data, tmp_path / "run", progress=False, retrain_head=True)
+    assert load_networks(tmp_path / "run")[0].head_lr == 1e-2
+    assert any(not torch.equal(v, load_checkpoint(tmp_path / "run")["H"][k]) for k, v in first.items())
+
+
 def test_retrain_head_gives_the_head_a_fresh_run_with_those_head_steps_would_have(tmp_path):
     args = ["sklearn:digits?label=3", "--size", "16", "--width", "8", "--z-dim", "8", "--batch-size", "16",
             "--steps", "12", "--encoder-steps", "4", "--sample-every", "6", "--checkpoint-every", "6", "--no-progress"]  # fmt: skip

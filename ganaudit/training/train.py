@@ -48,7 +48,7 @@ HEAD_STEPS_PER_GAN_STEP = 4
 # torch runs the current step; a batch depends only on its step, so the result is the same either way.
 HEAD_PREFETCH = True
 MODE_COLLAPSE_RATIO = 0.5
-HEAD_RETRAIN_OPTIONS = ("head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
+HEAD_RETRAIN_OPTIONS = ("head_lr", "head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
