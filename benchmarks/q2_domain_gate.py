@@ -191,13 +191,15 @@ def main() -> None:
 def markdown(rep: dict) -> str:
     lim = list(rep["limits"])
     head = " | ".join(f"AUROC, gate {k} ({v:.2f})" for k, v in rep["limits"].items())
-    lines = [f"| generator | AUROC, no gate | {head} | fakes out of domain | reals out of domain |",
-             "| --- | --- | " + " | ".join("---" for _ in lim) + " | --- | --- |"]  # fmt: skip
+    lines = [f"| generator | AUROC, no gate | {head} | fakes out of domain | reals out of domain "
+             f"| fakes flagged as generated, no gate / gate {lim[0]} |",
+             "| --- | --- | " + " | ".join("---" for _ in lim) + " | --- | --- | --- |"]  # fmt: skip
     for g, row in rep["in_domain"].items():
         cells = " | ".join(f"{row[k]['auroc']:.4f} ({-row[k]['auroc_cost']:+.4f})" for k in lim)
         outs = " / ".join(f"{row[k]['fake_out'] * 100:.1f} %" for k in lim)
         routs = " / ".join(f"{row[k]['real_out'] * 100:.1f} %" for k in lim)
-        lines.append(f"| {g} | {row['auroc_off']:.4f} | {cells} | {outs} | {routs} |")
+        recall = f"{row['tpr_off'] * 100:.1f} % / {row[lim[0]]['tpr'] * 100:.1f} %"
+        lines.append(f"| {g} | {row['auroc_off']:.4f} | {cells} | {outs} | {routs} | {recall} |")
     lines += ["", "| out of domain | images | called generated, no gate | "
               + " | ".join(f"called generated, gate {k}" for k in lim) + " | out of domain (gate " + lim[0] + ") |",
               "| --- | --- | --- | " + " | ".join("---" for _ in lim) + " | --- |"]  # fmt: skip

@@ -767,6 +767,7 @@ def train(
             log.info("run %s is already complete (%d steps)", run_dir, trainer.step)
             return run_dir
         trainer.run(progress=progress, stop_at=stop_at)
+        ddp.barrier(job)  # leave together: a rank that tears gloo down while another still talks to it aborts
     finally:
         ddp.finish(job)
     return run_dir
