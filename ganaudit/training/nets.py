@@ -46,12 +46,8 @@ def shift(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def shift_each(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Row i of ``x`` moved by ``SHIFTS[classes[i]]`` (training: a random shift per image)."""
-    out = torch.empty_like(x)
-    for k in range(len(SHIFTS)):
-        rows = (classes == k).nonzero().squeeze(1)
-        if len(rows):
-            out[rows] = shift(x[rows], k)
-    return out
+    moved = torch.stack([shift(x, k) for k in range(len(SHIFTS))])  # [shift, N, C, S, S]
+    return moved[classes, torch.arange(len(x), device=x.device)]
 
 
 def translation_targets(classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
