@@ -258,24 +258,6 @@ def test_rotation_task_trains_exports_and_fuses_its_score_in_the_oriented_layout
     assert bad.exit_code == 2 and "unknown augmentation rotate" in bad.stderr and not (tmp_path / "x").exists()
 
 
-def test_translation_task_trains_exports_and_needs_the_rotation_task(tmp_path, mnist_path):
-    from ganaudit import Detector
-
-    run, model = tmp_path / "tr", tmp_path / "tr.onnx"
-    args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "20", "--encoder-steps", "5", "--batch-size", "16",
-            "--no-generated-head", "--no-progress", "--no-audit", "--label", "1", "--index-range", "0:2000"]  # fmt: skip
-    res = run_cli("train", mnist_path, "--out", run, *args, "--rotation", "1", "--translation", "0.5")
-    assert res.exit_code == 0, res.output
-    assert json.loads((run / "config.json").read_text())["translation"] == 0.5
-    assert run_cli("export", run, "-o", model).exit_code == 0  # export checks the graph against torch
-    v = Detector.load(model).detect(np.zeros((28, 28), np.uint8))
-    assert v.components["rotation_score"] > 0
-    for bad_args, message in ((["--translation", "1", "--rotation", "0"], "needs --rotation"),
-                              (["--translation", "-1", "--rotation", "1"], "translation must be >= 0")):  # fmt: skip
-        bad = run_cli("train", mnist_path, "--out", tmp_path / "x", *args, *bad_args)
-        assert bad.exit_code == 2 and message in bad.stderr and not (tmp_path / "x").exists()
-
-
 def test_export_refuses_the_oriented_layout_without_the_rotation_task(tiny_run, tmp_path):
     res = run_cli("export", tiny_run, "-o", tmp_path / "m.onnx", "--layout", "oriented")
     assert res.exit_code == 2 and "--rotation" in res.stderr and not (tmp_path / "m.onnx").exists()

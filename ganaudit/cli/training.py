@@ -66,14 +66,6 @@ def train(
         ),
     ] = None,
     rotation_g: Annotated[float, typer.Option(help="Weight of the rotation task in G's loss.")] = 0.2,
-    translation: Annotated[
-        float,
-        typer.Option(
-            help="Weight of a translation task added to the rotation task: D also tells how each turned copy "
-            "was shifted, and the rotation score covers 4 turns x 5 shifts (5x its cost). 0 = off. Needs "
-            "--rotation; see docs/training.md.",
-        ),
-    ] = 0.0,
     r1: Annotated[float, typer.Option(help="R1 penalty weight (0 = off).")] = 0.0,
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
     spectral_norm: Annotated[bool, typer.Option(help="Spectral normalisation in D.")] = True,

@@ -106,7 +106,7 @@ class GeneratedHead(nn.Module):
         self.d = D
         self.spectral = SpectralBranch(size) if spectral else None
         # NPR: a second CNN of D's shape, freshly initialised, that reads only npr_residual(crops)
-        args = {k: v for k, v in D.init_args.items() if k not in ("rotation", "translation")}
+        args = {k: v for k, v in D.init_args.items() if k != "rotation"}
         self.residual_d = Discriminator(**args, spectral_norm=False) if npr else None
 
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _sn
@@ -25,35 +24,6 @@ def rotate4(x: torch.Tensor) -> torch.Tensor:
 def rotation_targets(n: int, device: torch.device | None = None) -> torch.Tensor:
     """The class of each row of ``rotate4`` of an ``n``-image batch."""
     return torch.arange(len(ROTATIONS), device=device).repeat_interleave(n)
-
-
-# The translation task (Hendrycks et al. 2019, "rotation + translation"): shifts (dx, dy) in units of a quarter
-# of the image side, reflection-padded. Class k is SHIFTS[k]; D predicts dx and dy with two 3-way heads.
-SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
-SCORE_SHIFTS = 5  # the score reads the first five: none, and one step along each axis either way
-
-
-def shift(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x`` [N, C, S, S] moved by ``SHIFTS[k]`` quarter sides; the border is filled by reflection."""
-    dx, dy = SHIFTS[k]
-    if dx == 0 and dy == 0:
-        return x
-    step = x.shape[-1] // 4
-    p = F.pad(x, (step, step, step, step), mode="reflect")
-    h, w = x.shape[-2:]
-    return p[..., step + dy * step : step + dy * step + h, step + dx * step : step + dx * step + w]
-
-
-def shift_each(x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Row i of ``x`` moved by ``SHIFTS[classes[i]]`` (training: a random shift per image)."""
-    moved = torch.stack([shift(x, k) for k in range(len(SHIFTS))])  # [shift, N, C, S, S]
-    return moved[classes, torch.arange(len(x), device=x.device)]
-
-
-def translation_targets(classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (dx, dy) classes in {0, 1, 2} of each shift class."""
-    table = torch.tensor(SHIFTS, device=classes.device) + 1
-    return table[classes, 0], table[classes, 1]
 
 
 def _n_blocks(size: int) -> int:
@@ -138,13 +108,9 @@ class Discriminator(nn.Module):
         spectral_norm: bool = True,
         minibatch_std: bool = True,
         rotation: bool = False,
-        translation: bool = False,
     ) -> None:
         super().__init__()
-        if translation and not rotation:
-            raise ValueError("the translation task is part of the rotation task: it needs rotation=True")
-        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std, rotation=rotation,
-                              translation=translation)  # fmt: skip
+        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std, rotation=rotation)
         self.trunk, c = _down_trunk(size, channels, width, spectral_norm, norm=False)
         self.feature_dim = c * 16
         wrap = _sn if spectral_norm else (lambda m: m)
@@ -157,8 +123,6 @@ class Discriminator(nn.Module):
         )
         # Self-supervised auxiliary task (SS-GAN): which of 4 rotations an image was turned by, from its features.
         self.rotation_head = wrap(nn.Linear(c * 16, len(ROTATIONS))) if rotation else None
-        # ... and, optionally, by how much it was shifted: [dx logits (3), dy logits (3)].
-        self.translation_head = wrap(nn.Linear(c * 16, 6)) if translation else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
@@ -183,36 +147,6 @@ class Discriminator(nn.Module):
         upright = h.unflatten(0, (len(ROTATIONS), -1))[0]
         return self.judge(upright), upright.flatten(1), self.rotation_logits(h.flatten(1))
 
-    @property
-    def has_translation(self) -> bool:
-        return self.translation_head is not None
-
-    def with_transforms(
-        self, x: torch.Tensor, shift_classes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training pass of the rotation + translation task: ``x`` judged as it is, and its 4 turned copies
-        (:func:`rotate4` order) each shifted by ``SHIFTS[shift_classes[i]]`` ([4N] classes). Returns (realness
-        logit of ``x`` [N], features of ``x`` [N, F], rotation logits [4N, 4], translation logits [4N, 6])."""
-        n = len(x)
-        f = self.trunk(torch.cat([x, shift_each(rotate4(x), shift_classes)]))
-        return self.judge(f[:n]), f[:n].flatten(1), self.rotation_logits(f[n:].flatten(1)), self._translation(f[n:])
-
-    def scoring_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One trunk pass over ``x``'s turned copies, each also shifted by the first SCORE_SHIFTS shifts when D
-        learnt the translation task (shift-major: [shift, rotation, image]). Returns (realness logit of ``x``,
-        its features, rotation logits [4 S N, 4], translation logits [4 S N, 6] or None)."""
-        turned = rotate4(x)
-        k = SCORE_SHIFTS if self.has_translation else 1
-        h = self.trunk(torch.cat([shift(turned, j) for j in range(k)]) if k > 1 else turned)
-        upright = h.unflatten(0, (k * len(ROTATIONS), -1))[0]  # shift 0, rotation 0: x itself
-        trans = self._translation(h) if self.has_translation else None
-        return self.judge(upright), upright.flatten(1), self.rotation_logits(h.flatten(1)), trans
-
-    def _translation(self, h: torch.Tensor) -> torch.Tensor:
-        if self.translation_head is None:
-            raise ValueError("this discriminator was built without the translation task (translation=False)")
-        return self.translation_head(h.flatten(1))
-
     def without_spectral_norm(self, rotation: bool = True) -> "Discriminator":
         """An equivalent plain copy (eval mode) with the spectral-normalised weights folded in, for export.
         ``rotation=False`` leaves the rotation head out."""
@@ -224,11 +158,9 @@ class Discriminator(nn.Module):
                 if parametrize.is_parametrized(sub):
                     for tensor_name in sub.parametrizations:
                         state[f"{name}.{tensor_name}"] = getattr(sub, tensor_name).detach().clone()
-        keep_translation = keep_rotation and self.translation_head is not None
         if not keep_rotation:
-            state = {k: v for k, v in state.items() if not k.startswith(("rotation_head.", "translation_head."))}
-        args = {**self.init_args, "rotation": keep_rotation, "translation": keep_translation}
-        plain = Discriminator(**args, spectral_norm=False)
+            state = {k: v for k, v in state.items() if not k.startswith("rotation_head.")}
+        plain = Discriminator(**{**self.init_args, "rotation": keep_rotation}, spectral_norm=False)
         plain.load_state_dict(state)
         return plain.eval()
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core.errors import ModelFormatError
 from .generated import GeneratedHead
-from .nets import ROTATIONS, SCORE_SHIFTS, SHIFTS, Discriminator, Encoder, Generator
+from .nets import ROTATIONS, Discriminator, Encoder, Generator
 from ..runtime.detector import PATCH_MATRIX_BYTES
 
 
@@ -286,31 +286,20 @@ class ScoringModel(nn.Module):
         return F.conv2d(F.pad(up, (pad, pad, pad, pad), mode="replicate"), self.kernel)
 
     @staticmethod
-    def rotation_score(logits: torch.Tensor, translation: torch.Tensor | None = None) -> torch.Tensor:
+    def rotation_score(logits: torch.Tensor) -> torch.Tensor:
         """How badly D tells which way images and their turned copies are up, from D's rotation ``logits``
-        [4 S N, 4] (Discriminator.scoring_pass; S = 1 without the translation task): the summed cross-entropy of
-        its predictions over the transformations (GeoTrans-style); high for images unlike the training data.
-        With the translation task, the cross-entropies of D's shift predictions (``translation`` [4 S N, 6]) over
-        the S shifts join the sum."""
-        k, n_shifts = len(ROTATIONS), 1 if translation is None else SCORE_SHIFTS
-        log_p = F.log_softmax(logits.unflatten(0, (n_shifts, k, -1)), dim=-1)  # [shift, rotation, image, class]
-        # Shape-free (exports with a dynamic batch): pick each transformation's own class with a one-hot mask.
-        score = -(log_p * torch.eye(k, device=logits.device)[None, :, None, :]).sum((0, 1, 3))
-        if translation is None:
-            return score
-        t = translation.unflatten(0, (n_shifts, k, -1))  # [shift, rotation, image, dx logits (3) + dy logits (3)]
-        steps = torch.tensor(SHIFTS[:n_shifts], device=logits.device) + 1  # [shift, (dx, dy)] classes
-        for axis in range(2):
-            log_q = F.log_softmax(t[..., 3 * axis : 3 * axis + 3], dim=-1)
-            mask = F.one_hot(steps[:, axis], 3).to(log_q.dtype)[:, None, None, :]
-            score = score - (log_q * mask).sum((0, 1, 3))
-        return score
+        [4N, 4] (Discriminator.with_rotations): the summed cross-entropy of its rotation predictions over the 4
+        rotations (GeoTrans-style); high for images unlike the training data."""
+        k = len(ROTATIONS)
+        log_p = F.log_softmax(logits.unflatten(0, (k, -1)), dim=-1)  # [rotation, image, predicted rotation]
+        # Shape-free (exports with a dynamic batch): pick each rotation's own class with an identity mask.
+        return -(log_p * torch.eye(k, device=logits.device)[:, None, :]).sum((0, 2))
 
     def raw_components(self, image: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(every raw score component by name, the unscaled anomaly map) of ``image``."""
         rec = self.G(self.E(image))
-        if self.has_rotation:  # the upright image's trunk pass is the first of the transformations' pass
-            logit, f_x, rotation_logits, translation_logits = self.D.scoring_pass(image)
+        if self.has_rotation:  # the upright image's trunk pass is the first quarter of the rotations' pass
+            logit, f_x, rotation_logits = self.D.with_rotations(image)
         else:
             logit, f_x = self.D(image)
         _, f_rec = self.D(rec)
@@ -324,7 +313,7 @@ class ScoringModel(nn.Module):
         }
         raw["izif_score"] = raw["pixel_residual"] + self.kappa * raw["feature_residual"]
         if self.has_rotation:
-            raw["rotation_score"] = self.rotation_score(rotation_logits, translation_logits)
+            raw["rotation_score"] = self.rotation_score(rotation_logits)
         return raw, raw_map
 
     def anomaly(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:

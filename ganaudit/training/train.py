@@ -35,7 +35,7 @@ from .generated import (
 from .aux_generators import aux_pool, parse_families
 from ..core.layout import alignment, is_stationary
 from .losses import LOSSES, diff_augment, gradient_penalty, instance_noise, izif_loss, parse_augment, r1_penalty
-from .nets import SHIFTS, Discriminator, Encoder, Generator, rotation_targets, translation_targets
+from .nets import Discriminator, Encoder, Generator, rotation_targets
 from .rundir import MEMORY_BANK, MEMORY_BANK_MAX, RunDir
 from ..core.spec import PreprocessSpec, check_size
 
@@ -84,10 +84,6 @@ class TrainConfig:
     # it costs MNIST digits 0.01-0.06 AUROC (docs/benchmarks.md, Q4).
     rotation: float | None = None
     rotation_g: float = 0.2
-    # Weight of the translation task that joins the rotation task when > 0 (Hendrycks et al. 2019): D also tells
-    # by how much each turned copy was shifted, and the score sums both tasks' cross-entropies over 4 turns x 5
-    # shifts. Needs the rotation task.
-    translation: float = 0.0
     # Differentiable augmentation of every image D judges in the GAN phase, real and generated alike (DiffAugment):
     # "none" or a comma list of "translation", "flip".
     augment: str = "none"
@@ -119,10 +115,6 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if (self.rotation or 0) < 0 or self.rotation_g < 0:
             raise ConfigError(f"rotation weights must be >= 0, got {self.rotation} and {self.rotation_g}")
-        if self.translation < 0:
-            raise ConfigError(f"translation must be >= 0, got {self.translation}")
-        if self.translation and self.rotation == 0:
-            raise ConfigError("--translation is part of D's rotation task: it needs --rotation > 0")
         try:
             self.augment = ",".join(parse_augment(self.augment)) or "none"  # normalised: validated, fixed order
         except ValueError as e:
@@ -227,8 +219,7 @@ def build_head(cfg: TrainConfig) -> GeneratedHead:
 
 def build_networks(cfg: TrainConfig) -> Networks:
     G = Generator(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
-    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, bool(cfg.rotation),
-                      translation=bool(cfg.translation))  # fmt: skip
+    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, bool(cfg.rotation))
     E = Encoder(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Networks(G, G_ema, D, E)
@@ -274,12 +265,6 @@ def feature_diversity(D: Discriminator, fake: torch.Tensor, real: torch.Tensor) 
     with torch.no_grad():
         f_fake, f_real = D(fake)[1], D(real)[1]
     return float(torch.pdist(f_fake).mean() / torch.pdist(f_real).mean().clamp_min(1e-8))
-
-
-def translation_loss(logits: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of D's shift predictions ([4N, 6]: dx then dy logits) for shift classes ``shifts``."""
-    dx, dy = translation_targets(shifts)
-    return F.cross_entropy(logits[:, :3], dx) + F.cross_entropy(logits[:, 3:], dy)
 
 
 class Trainer:
@@ -390,10 +375,6 @@ class Trainer:
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.augment_ops) if self.augment_ops else x
 
-    def _shift_classes(self, n: int) -> torch.Tensor:
-        """A random shift class for each of the 4n turned copies (the translation task)."""
-        return torch.randint(0, len(SHIFTS), (4 * n,), device=self.device)
-
     def d_step(self) -> float:
         cfg, G, D = self.cfg, self.nets.G, self.nets.D
         real = self._augment(self.batch())
@@ -401,10 +382,7 @@ class Trainer:
             fake = self._augment(G(self.noise(len(real))))
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
-        if cfg.translation:
-            shifts = self._shift_classes(len(real))
-            real_logit, _, rot_logits, shift_logits = self.D_call(real_in, shifts, method="with_transforms")
-        elif cfg.rotation:
+        if cfg.rotation:
             real_logit, _, rot_logits = self.D_call(real_in, method="with_rotations")
         else:
             real_logit, _ = self.D_call(real_in)
@@ -412,8 +390,6 @@ class Trainer:
         loss = self.d_loss_fn(real_logit, fake_logit)
         if cfg.rotation:
             loss = loss + cfg.rotation * F.cross_entropy(rot_logits, rotation_targets(len(real), self.device))
-        if cfg.translation:
-            loss = loss + cfg.translation * translation_loss(shift_logits, shifts)
         if cfg.r1 > 0:
             loss = loss + 0.5 * cfg.r1 * r1_penalty(real_logit, real_in)
         if cfg.loss == "wgan-gp":
@@ -428,14 +404,8 @@ class Trainer:
         D.requires_grad_(False)
         fake = instance_noise(self._augment(self.G_call(self.noise(self.local_batch))), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
-            if self.cfg.translation:
-                shifts = self._shift_classes(len(fake))
-                fake_logit, _, rot_logits, shift_logits = D.with_transforms(fake, shifts)
-                rot_loss = translation_loss(shift_logits, shifts)
-            else:
-                fake_logit, _, rot_logits = D.with_rotations(fake)
-                rot_loss = 0.0
-            rot_loss = rot_loss + F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
+            fake_logit, _, rot_logits = D.with_rotations(fake)
+            rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
             loss = self.g_loss_fn(fake_logit) + self.cfg.rotation_g * rot_loss
         else:
             loss = self.g_loss_fn(D(fake)[0])
