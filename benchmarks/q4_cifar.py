@@ -12,7 +12,8 @@ thresholds, fusion or selection.
 ``--dev`` adds the lever study that chose the defaults: the exported graph's score components, as robust
 z-scores against the run's held-out class-c validation images, on a *development* split of training images
 only (those validation images against DEV_OTHERS training images of the other classes), singly and in the
-candidate weightings of CANDIDATES. Test AUROCs are never used to choose.
+candidate weightings of CANDIDATES, and the exported model's own ``anomaly_score`` on the same split ("dev
+shipped fusion": the graph's weights and combine rule, run by onnxruntime). Test AUROCs are never used to choose.
 """
 
 from __future__ import annotations
@@ -75,20 +76,24 @@ def pixels(data: list[bytes]) -> np.ndarray:
     return np.stack([decode(b) for b in data]).reshape(len(data), -1).astype(np.float64) / 255.0
 
 
-def dev_study(run: Path, others: list[bytes]) -> dict[str, float]:
-    """Dev-split AUROC of each component and of each CANDIDATES weighting (see the module docstring)."""
+def dev_study(run: Path, model: Path, others: list[bytes]) -> dict[str, float]:
+    """Dev-split AUROC of each component, of each CANDIDATES weighting and of the exported model's anomaly
+    score (see the module docstring)."""
     from score_levers import z_scorer
 
     from ganaudit.core.imaging import preprocess_batch
     from ganaudit.training.scoring import COMPONENTS
 
     cfg, val, z_of = z_scorer(run)
-    dev = np.concatenate([z_of(val), z_of(preprocess_batch([decode(b) for b in others], cfg.preprocess))])
+    inputs = np.concatenate([val, preprocess_batch([decode(b) for b in others], cfg.preprocess)])
+    dev = z_of(inputs)
     truth = np.r_[np.zeros(len(val)), np.ones(len(others))]
+    shipped = Detector.load(model).run(inputs)["anomaly_score"]
     names = [c.name for c in COMPONENTS][: dev.shape[1]]
     out = {f"dev {n}": float(roc_auc_score(truth, dev[:, i])) for i, n in enumerate(names)}
     for label, w in CANDIDATES.items():
         out[f"dev {label}"] = float(roc_auc_score(truth, dev @ np.array(w[: dev.shape[1]], dtype=np.float64)))
+    out["dev shipped fusion"] = float(roc_auc_score(truth, shipped))
     return out
 
 
@@ -122,7 +127,7 @@ def run_class(c: int, args: argparse.Namespace, train: tuple, test: tuple, rng: 
     row["ganaudit_tpr_at_threshold"] = float(flags[truth].mean())
     if args.dev:
         others = rng.choice(np.flatnonzero(tr_y != c), DEV_OTHERS, replace=False)
-        row.update(dev_study(args.out / CLASSES[c], [tr_data[i] for i in others]))
+        row.update(dev_study(args.out / CLASSES[c], model, [tr_data[i] for i in others]))
     return row
 
 
@@ -153,6 +158,9 @@ def main() -> int:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("ganaudit_auroc", "ganaudit_ap", "pca_auroc", "knn_auroc", "iforest_auroc")}
     print(f"| mean | {mean['ganaudit_auroc']:.3f} | {mean['ganaudit_ap']:.3f} | {mean['pca_auroc']:.3f} | "
           f"{mean['knn_auroc']:.3f} | {mean['iforest_auroc']:.3f} | |")  # fmt: skip
+    if args.dev:
+        shipped = ", ".join(f"{r['class']} {r['dev shipped fusion']:.3f}" for r in rows)
+        print(f"\ndev split, the exported model's anomaly score: {shipped}")
     return 0
 
 
