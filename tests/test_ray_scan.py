@@ -87,3 +87,9 @@ def test_ray_reads_a_listing_of_paths_and_uris_like_the_local_scan(cluster, tiny
     assert local.exit_code == remote.exit_code == 0, remote.output
     a, b = lines(tmp_path / "l"), lines(tmp_path / "r")
     assert a == b and len(a) == 7 and a[-1]["status"] == "error" and a[3]["path"] == files[3].as_uri()
+
+
+def test_ray_refuses_actors_larger_than_any_node(cluster, tiny_model, tree, tmp_path):  # noqa: F811
+    res = scan(tiny_model, tree, tmp_path / "big", "--engine", "ray", "--threads", "3")  # the cluster has 2 CPUs
+    assert res.exit_code == 2 and "largest node has 2 CPUs" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "big").exists()

@@ -43,6 +43,24 @@ def test_scan_threads_option_reaches_the_session(tiny_model, tmp_path, mnist_tes
     assert (summary["workers"], summary["threads"]) == (1, 2)
 
 
+def test_absurd_thread_and_worker_counts_are_refused_before_any_work(tiny_model, tmp_path):
+    """An operator's typo (--threads 100000) once made onnxruntime start 100,000 threads and take 17 GB."""
+    images = tmp_path / "images"
+    images.mkdir()
+    limit = 4 * available_cores()
+    for flag in ("--threads", "--workers"):
+        res = run_cli("scan", images, "--model", tiny_model, "--out", tmp_path / "out", flag, "100000")
+        assert res.exit_code == 2 and f"{flag} must be at most {limit}" in res.stderr, res.output
+    assert not (tmp_path / "out").exists()
+    res = run_cli("serve", "--model", tiny_model, "--threads", "100000", "--port", "0")
+    assert res.exit_code == 2 and "at most" in res.stderr and "serving model" not in res.stderr
+    res = run_cli("train", "sklearn:digits", "--out", tmp_path / "run", "--threads", "100000")
+    assert res.exit_code == 2 and "--threads must be at most" in res.stderr and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="at most"):
+        Detector.load(tiny_model, threads=limit + 1)
+    assert Detector.load(tiny_model, threads=limit).threads == limit
+
+
 def test_serve_refuses_zero_threads(tiny_model):
     res = run_cli("serve", "--model", tiny_model, "--threads", "0", "--port", "0")
     assert res.exit_code == 2 and "--threads" in res.stderr and "serving model" not in res.stderr

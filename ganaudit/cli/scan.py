@@ -151,12 +151,13 @@ def scan_cmd(
     from ..runtime.scan import check_options, default_threads, default_workers, parse_formats, scan
 
     formats = parse_formats(format)
+    if engine not in ("local", "ray"):
+        raise fail(f"--engine must be local or ray, got {engine!r}")
     check_options(
         formats, batch_size=batch_size, workers=workers, threads=threads, max_pixels=max_pixels, top_k=top_k,
         fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold, resume=resume,
+        local=engine == "local",
     )  # fmt: skip
-    if engine not in ("local", "ray"):
-        raise fail(f"--engine must be local or ray, got {engine!r}")
     if address is not None and engine != "ray":
         raise fail("--address needs --engine ray")
     if parquet and "jsonl" not in formats:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SPIN_COUNT = "2000"
 USER_WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 ORT_SPINNING = "session.intra_op.allow_spinning"
+THREADS_PER_CORE = 4  # the most threads per available core that --threads and --workers accept
 
 
 def available_cores() -> int:
@@ -41,12 +42,23 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def thread_limit() -> int:
+    """The most threads one option may ask for on this machine: past a few per core, threads add no speed
+    and each costs memory (``--threads 100000`` once took 17 GB and starved every other job)."""
+    return THREADS_PER_CORE * available_cores()
+
+
 def check_threads(threads: int | None, flag: str = "--threads") -> int | None:
-    """None (the default) or a thread count of at least 1; a ConfigError otherwise."""
+    """None (the default) or a thread count from 1 to :func:`thread_limit`; a ConfigError otherwise."""
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"{flag} must be a whole number of at least 1, got {threads!r}")
+    if threads > thread_limit():
+        raise ConfigError(
+            f"{flag} must be at most {thread_limit()} ({THREADS_PER_CORE} per CPU core this process may use), "
+            f"got {threads}"
+        )
     return threads
 
 

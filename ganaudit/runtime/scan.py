@@ -44,6 +44,7 @@ from .. import __version__
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.files import WalkStats, display_path, iter_files
 from ..core.listing import is_uri, iter_listing
+from ..core.threads import available_cores, check_threads
 from .uri_files import open_listing_uri, read_uri, stat_uri
 from .evidence import evidence_map, for_display
 from ..core.imaging import check_file_size, decode
@@ -87,13 +88,13 @@ ProgressCallback = Callable[[int, dict[str, int]], None]
 
 
 def default_workers() -> int:
-    """Decode threads when none is given: min(4, CPU count)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Decode threads when none is given: min(4, the CPUs this process may use)."""
+    return min(4, available_cores())
 
 
 def default_threads(workers: int) -> int:
     """onnxruntime intra-op threads per scoring call when none is given: the CPUs shared by the workers."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, available_cores() // max(1, workers))
 
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
@@ -112,8 +113,11 @@ def check_options(
     formats: Sequence[str], *, batch_size: int | None = None, workers: int | None = None,
     threads: int | None = None, max_pixels: int | None = None, top_k: int = 0, fpr: float | None = None,
     anomaly_threshold: float | None = None, generated_threshold: float | None = None, resume: bool = False,
+    local: bool = True,
 ) -> None:  # fmt: skip
-    """The one check of scan options (the CLI's and :func:`scan`'s): ConfigError naming the option."""
+    """The one check of scan options (the CLI's and :func:`scan`'s): ConfigError naming the option.
+    ``local``: workers and threads run in this process, so they are bounded by its cores too (with Ray they
+    are actors and CPUs of the cluster)."""
     if fpr is not None and (anomaly_threshold is not None or generated_threshold is not None):
         raise ConfigError(
             "--fpr and --anomaly-threshold/--generated-threshold are mutually exclusive: give one or the other"
@@ -124,6 +128,9 @@ def check_options(
     ):  # fmt: skip
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be {'at least 1' if least else '0 or more'}, got {value}")
+    if local:
+        check_threads(workers, "--workers")
+        check_threads(threads, "--threads")
     if resume and "jsonl" not in formats:
         raise ConfigError("--resume reads results.jsonl: keep jsonl in --format")
 

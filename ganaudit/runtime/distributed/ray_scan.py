@@ -60,6 +60,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> dict[str, Any]:
     return dict(ray.cluster_resources())
 
 
+def largest_node_cpus() -> int:
+    """The CPU count of the cluster's largest live node."""
+    ray = import_ray()
+    return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0))
+
+
 class ScoreChunks:
     """The ``map_batches`` callable: one :class:`Detector` per actor, loaded once; each item is one chunk."""
 
@@ -138,6 +144,9 @@ def setup(
     cpus = cpus_per_actor or 1
     resources = connect(address)
     total = int(resources.get("CPU", 1))
+    largest = largest_node_cpus()
+    if cpus > largest:  # such an actor fits on no node: Ray would leave it pending and the scan would hang
+        raise ConfigError(f"--threads {cpus}: each actor runs on one node, and the largest node has {largest} CPUs")
     n = actors or max(1, total // cpus)
     if n * cpus > total:
         log.warning("%d actors x %d CPUs ask for more than the cluster's %d CPUs: some will wait", n, cpus, total)
