@@ -482,3 +482,25 @@ def test_an_image_that_fails_preprocessing_is_an_error_verdict_not_a_failed_batc
     verdicts = detector.detect([odd, good])
     assert verdicts[0].status == "error" and "cannot preprocess this 13x20 image" in verdicts[0].error
     assert verdicts[1].status == "ok"
+
+
+def test_a_model_cannot_read_files_through_external_data(tiny_model, tmp_path, monkeypatch):
+    """From bytes, onnxruntime resolved external data against the current folder: a hostile model read a
+    secret next to the user into its weights and leaked it through a component output."""
+    (tmp_path / "secret.txt").write_bytes(b"KEY=hunter2")
+    monkeypatch.chdir(tmp_path)
+    proto = onnx.load(str(tiny_model))
+    weight = onnx.TensorProto(name="leak_w", data_type=onnx.TensorProto.UINT8, dims=[8])
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "secret.txt"), ("offset", "0"), ("length", "8")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    proto.graph.initializer.append(weight)
+    proto.graph.node.append(onnx.helper.make_node("Identity", ["leak_w"], ["leak"]))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("leak", onnx.TensorProto.UINT8, [8]))
+    path = tmp_path / "leaky.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelFormatError, match="external data"):
+        Detector.load(path)
+    res = run_cli("scan", tmp_path / "secret.txt", "--model", path, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "external data" in res.stderr and "Traceback" not in res.output

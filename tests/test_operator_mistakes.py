@@ -16,6 +16,7 @@ from ganaudit.core.shipped import shipped_models
 from ganaudit.runtime.detector import Detector
 
 from .conftest import run_cli
+from .test_files import posix_only
 
 needs_digits = pytest.mark.skipif("digits" not in shipped_models(), reason="the shipped digits model is not installed")
 
@@ -121,6 +122,39 @@ def test_paths_are_reversible_to_their_bytes_and_never_collide(tiny_model, tmp_p
     shown = [json.loads(line)["path"] for line in open(tmp_path / "r" / "results.jsonl", encoding="utf-8")]
     assert len(set(shown)) == 4  # the real 0xFF byte and a literal "\xff" differ
     assert sorted(path_bytes(p) for p in shown) == sorted(os.path.join(root, n) for n in names)
+
+
+@posix_only
+def test_a_carriage_return_in_a_name_cannot_split_a_csv_row(tiny_model, tmp_path):
+    """Found by trying: with "\n" as the line end, a field holding a bare "\r" went unquoted, and CSV readers
+    read one file's row as two, its scores under a name the uploader chose."""
+    import csv
+
+    (tmp_path / "imgs").mkdir()
+    names = ["upload_666\rsomeone_elses_upload_123.png", "plain.png"]
+    for name in names:
+        cv2.imwrite(str(tmp_path / "imgs" / name), np.full((28, 28), 50, np.uint8))
+    res = run_cli("scan", tmp_path / "imgs", "--model", tiny_model, "--out", tmp_path / "r", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    with open(tmp_path / "r/results.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(os.path.basename(r["path"]) for r in rows) == sorted(names)
+    assert all(r["status"] == "ok" for r in rows)
+
+
+@posix_only
+def test_links_planted_in_the_output_folder_are_refused_and_their_targets_kept(tiny_model, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    cv2.imwrite(str(tmp_path / "imgs/a.png"), np.full((28, 28), 50, np.uint8))
+    for name in ("results.csv", "results.jsonl", "summary.json"):
+        out, victim = tmp_path / f"out-{name}", tmp_path / f"victim-{name}"
+        out.mkdir()
+        victim.write_text("precious\n")
+        (out / name).symlink_to(victim)
+        for extra in ((), ("--resume",)):
+            res = run_cli("scan", tmp_path / "imgs", "--model", tiny_model, "--out", out, "--no-progress", *extra)
+            assert res.exit_code == 2 and f"{name} is a link" in res.stderr, res.output
+            assert victim.read_text() == "precious\n" and (out / name).is_symlink()
 
 
 def test_serve_binds_before_it_says_it_serves(tiny_model):

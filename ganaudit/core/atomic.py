@@ -1,10 +1,12 @@
-"""Atomic file writes: write a temp file in the same folder, then ``os.replace``."""
+"""Safe file writes: atomic ones (a temp file in the same folder, then ``os.replace``) and appendable files that
+are never opened through a symbolic link."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Any
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -24,3 +26,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def open_plain(path: str | os.PathLike, *, append: bool = False, text: bool = False) -> IO[Any]:
+    """Open ``path`` for writing (truncated, or appended to), refusing a symbolic link: a link planted in an
+    output folder would otherwise make ganaudit overwrite the file it points to (OSError ELOOP)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    if text:
+        return os.fdopen(fd, "a" if append else "w", encoding="utf-8", newline="")
+    return os.fdopen(fd, "ab" if append else "wb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Mapping, Set
@@ -26,6 +27,7 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 ANOMALY, GENERATED = "anomaly", "generated"
 # Largest patch-distance matrix per onnxruntime call (see rows_per_call): 16 images of a 32 px model.
 PATCH_MATRIX_BYTES = 64 * 2**20
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # onnxruntime's option
 
 
 @dataclass
@@ -248,9 +250,18 @@ class Detector:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
+            with tempfile.TemporaryDirectory(prefix="ganaudit-model-") as empty:
+                # A detector is one self-contained file. From bytes, onnxruntime would look for external data in
+                # the current folder, where a hostile model could read any file into its weights: point it at
+                # an empty folder instead.
+                opts.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+                session = ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "external data" in first.lower():
+                raise ModelFormatError(
+                    f"{origin} refers to external data files; a ganaudit detector is one self-contained .onnx file"
+                ) from None
             raise ModelFormatError(f"{origin} is not a loadable ONNX model (truncated or corrupt?): {first}") from None
         return cls(
             session, read_spec(session, origin), fpr=fpr, anomaly_threshold=anomaly_threshold,

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from ..core.atomic import atomic_write
+from ..core.atomic import atomic_write, open_plain
 from ..core.grid import encode_png
 
 __all__ = [
@@ -100,7 +100,7 @@ def _csv_cells(row: dict[str, Any]) -> list[Any]:
 
 def _csv_text(rows: Iterable[dict[str, Any]], header: bool = False) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")  # RFC 4180; with "\n" a field holding only "\r" went unquoted
     if header:
         w.writerow(ROW_FIELDS)
     w.writerows(map(_csv_cells, rows))
@@ -113,7 +113,7 @@ class CsvWriter:
     def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
         self.path = Path(path)
         fresh = not append or not self.path.exists() or self.path.stat().st_size == 0
-        self._f = open(self.path, "w" if fresh else "a", encoding="utf-8", newline="")
+        self._f = open_plain(self.path, append=not fresh, text=True)
         if fresh:
             self._f.write(_csv_text((), header=True))
             self._f.flush()
@@ -136,7 +136,7 @@ class JsonlWriter:
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
         self.path = Path(path)
-        self._f: BinaryIO = open(self.path, "ab" if append else "wb")
+        self._f: BinaryIO = open_plain(self.path, append=append)
         self._f.seek(0, os.SEEK_END)
 
     def write(self, rows: Sequence[dict[str, Any]]) -> list[int]:

@@ -712,6 +712,7 @@ def scan(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {display_path(out_dir)} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_output_files(out_dir)
     summary = _new_summary(
         detector, thr, fpr, fmts, path_list, out_dir, model_path, workers=n_workers, threads=detector.threads,
         batch_size=batch, recursive=recursive, resume=resume,
@@ -731,6 +732,18 @@ def scan(
     run.write_summary(complete=False)
     run.run(candidates, engine)
     return ScanResult(out_dir, summary)
+
+
+def _check_output_files(out_dir: Path) -> None:
+    """Refuse an output folder whose result files are links or not plain files: a link planted there (an upload
+    or shared folder) would make the scan overwrite, or on --resume cut, the file it points to."""
+    for name in (*FILE_NAMES.values(), SUMMARY_NAME):
+        path = out_dir / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ConfigError(
+                f"--out {display_path(out_dir)}: {name} is a link or not a plain file; ganaudit writes its results "
+                "only to plain files (remove it, or choose another --out)"
+            )
 
 
 class _ScanRun:
