@@ -38,7 +38,7 @@ def test_scan_refuses_non_finite_thresholds(folder, tiny_model, tmp_path, value)
 
 def test_python_api_refuses_non_finite_and_non_number_thresholds(tiny_model):
     det = Detector.load(tiny_model)
-    for bad in (float("-inf"), float("nan")):
+    for bad in (float("-inf"), float("nan"), 10**400):  # the last: too large for a float
         with pytest.raises(ConfigError, match="finite"):
             det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=bad)
         with pytest.raises(ConfigError, match="finite"):

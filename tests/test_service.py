@@ -574,6 +574,8 @@ def test_kserve_v2_routes_and_infer_round_trip(detector, digits):
         ({"nothing": 1}, "inputs"),
         ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], "outputs": [{"name": "zzz"}]}, "zzz"),
         ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], "parameters": {"anomaly_threshold": "hi"}}, "anomaly_threshold"),
+        # an integer too large for a float: was a 500 (OverflowError in math.isfinite)
+        ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], "parameters": {"anomaly_threshold": 10**400}}, "anomaly_threshold"),
     ],
 )  # fmt: skip
 def test_kserve_infer_rejects_malformed_requests_with_400(detector, request_body, fragment):

@@ -27,13 +27,23 @@ def check_fpr(fpr: float) -> float:
     return float(fpr)
 
 
+def finite_float(value: float) -> float | None:
+    """``value`` as a finite float, or None (NaN, an infinity, or an integer too large for a float)."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_threshold(name: str, value: float) -> float:
     """A threshold given by a user: a finite number (``-inf`` would flag everything, ``nan`` nothing)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ConfigError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}")
-    return float(value)
+    number = finite_float(value)
+    if number is None:
+        raise ConfigError(f"{name} must be a finite number, got {value!r:.60}")
+    return number
 
 
 def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from .. import __version__
+from ..core.imaging import shown
+from ..core.thresholds import finite_float
 from ..runtime.detector import Verdict, error_verdict, finite_or_none
 from . import binary
 from . import schemas as S
@@ -233,9 +235,10 @@ def _number_param(params: dict[str, Any] | None, key: str) -> float | None:
     if not params or key not in params:
         return None
     value = params[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ServiceError(400, "invalid_request", f"parameter {key!r} must be a finite number, got {value!r}")
-    return float(value)
+    number = finite_float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None:
+        raise ServiceError(400, "invalid_request", f"parameter {key!r} must be a finite number, got {shown(repr(value))}")
+    return number
 
 
 def _binary_size(params: dict[str, Any] | None) -> int | None:
