@@ -53,8 +53,18 @@ CASES = {
     "heads": (_set("heads", ["generated"]), "heads must include 'anomaly'"),
     "fused-lengths": (_set("scoring.weight", [1.0]), "equally long"),
     "name": (_set("name", 5), "name: Input should be a valid string"),
-    "domain-list": (_set("domain", [[]]), "incomplete or invalid"),  # found by test_fuzz: was a ValueError
+    "domain-list": (_set("domain", [[]]), "domain: Input should be a valid dictionary"),  # found by test_fuzz
+    # Found by trying as an attacker (seventh session): each loaded, then failed every image or the report (exit 5).
+    "domain-no-limit": (_set("domain", {"score": "anomaly_score"}), "domain.limit: Field required"),
+    "domain-limit-string": (_set("domain", {"limit": "abc"}), "domain.limit: Input should be a valid number"),
+    "domain-weight-short": (_set("domain", {"limit": 1.0, "weight": [1.0]}), "domain.weight needs a fused score"),
+    "transform-unknown": (lambda d: d["scoring"]["transforms"].__setitem__(0, "sqrt"), "Input should be 'log' or 'negate'"),
+    "scale-zero": (lambda d: d["scoring"]["scale"].__setitem__(0, 0.0), "scoring.scale.0: must be greater than 0"),
+    "component-unknown": (lambda d: d["scoring"]["components"].__setitem__(0, "nope"), "outputs the model does not list: ['nope']"),
+    "patch-bank-string": (_set("scoring.patch_bank_size", "many"), "scoring.patch_bank_size: Input should be a valid integer"),
+    "size-lie": (_set("preprocess.size", 64), "but its spec preprocesses to 1 x 64 x 64"),
 }
+CRASHED_SCAN = ("quantiles-empty", "thresholds-list", "domain-weight-short", "size-lie")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -64,11 +74,24 @@ def test_hand_edited_specs_are_refused_whole_with_what_is_wrong(case, tiny_model
     with pytest.raises(ModelFormatError, match=re.escape(message)):
         Detector.load(path)
     commands = [("info", path)]
-    if case in ("quantiles-empty", "thresholds-list"):  # passed `info` and crashed `scan` before
+    if case in CRASHED_SCAN:  # passed `info` and crashed `scan` before
         commands.append(("scan", tmp_path, "--model", path, "--out", tmp_path / "out"))
     for args in commands:
         res = run_cli(*args)
         assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
+
+
+def test_a_graph_without_the_anomaly_map_is_refused_at_load(tiny_model, tmp_path):
+    proto = onnx.load(str(tiny_model))
+    kept = [o for o in proto.graph.output if o.name != "anomaly_map"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    path = tmp_path / "no-map.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelFormatError, match="lacks inputs/outputs named in its spec: anomaly_map"):
+        Detector.load(path)
+    res = run_cli("scan", tmp_path, "--model", path, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "anomaly_map" in res.stderr and not (tmp_path / "out").exists()
 
 
 def test_several_problems_are_listed_together(tiny_model, tmp_path):

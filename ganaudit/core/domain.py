@@ -81,11 +81,15 @@ def describe(gate: Mapping[str, Any]) -> str:
     if not gate:
         return "none (no generated head, or exported before domain gates): the generated verdict is never withheld"
     score = "fused anomaly score without D's realness term" if gate.get("score") == "fused-without-realness" else "anomaly score"
-    return (
-        f"{score} <= {float(gate['limit']):.4g} (the {float(gate['coverage']):.3g} quantile); inside: "
-        f"{float(gate['real_inside']):.1%} of {gate['n_real']} normal validation images, "
-        f"{float(gate['fake_inside']):.1%} of {gate['n_fake']} own-generator fakes"
-    )
+    line = f"{score} <= {float(gate['limit']):.4g}"
+    if gate.get("coverage") is not None:
+        line += f" (the {float(gate['coverage']):.3g} quantile)"
+    if all(gate.get(k) is not None for k in ("real_inside", "n_real", "fake_inside", "n_fake")):
+        line += (
+            f"; inside: {float(gate['real_inside']):.1%} of {gate['n_real']} normal validation images, "
+            f"{float(gate['fake_inside']):.1%} of {gate['n_fake']} own-generator fakes"
+        )
+    return line
 
 
 def inside(scores: np.ndarray, gate: Mapping[str, Any]) -> np.ndarray:

@@ -170,4 +170,5 @@ def describe_scoring(scoring: dict[str, Any]) -> str:
     terms = zip(scoring["components"], scoring["transforms"], scoring["weight"])
     weighted = [f"{w:g} z({shown.get(t, '{}').format(c)})" for c, t, w in terms if w]
     combined = f"max({', '.join(weighted)})" if scoring.get("combine") == "max" else " + ".join(weighted)
-    return f"fused, {scoring['layout']} layout (alignment {scoring['alignment']:.3g}): " + combined
+    alignment = f" (alignment {scoring['alignment']:.3g})" if scoring.get("alignment") is not None else ""
+    return f"fused, {scoring.get('layout', 'unnamed')} layout{alignment}: " + combined

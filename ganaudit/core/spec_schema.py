@@ -13,7 +13,7 @@ import json
 import math
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ModelFormatError
 
@@ -32,7 +32,15 @@ def _sorted(xs: list[float]) -> list[float]:
     return xs
 
 
+def _positive(x: float) -> float:
+    if not x > 0:
+        raise ValueError("must be greater than 0")
+    return x
+
+
 Finite = Annotated[float, AfterValidator(_finite)]
+Positive = Annotated[float, AfterValidator(_finite), AfterValidator(_positive)]
+Count = Annotated[int, Field(ge=0)]
 Head = Literal["anomaly", "generated"]
 
 
@@ -57,11 +65,18 @@ class ThresholdSchema(_Strict):
 class ScoringSchema(_Strict):
     method: Literal["izif", "fused"] = "izif"
     components: Optional[list[str]] = None
-    transforms: Optional[list[str]] = None
+    transforms: Optional[list[Literal["log", "negate"]]] = None
     center: Optional[list[Finite]] = None
-    scale: Optional[list[Finite]] = None
+    scale: Optional[list[Positive]] = None  # a z-score divides by it
     weight: Optional[list[Finite]] = None
     combine: Literal["sum", "max"] = "sum"  # of the weighted z-scores: their sum, or the largest weighted one
+    layout: Optional[str] = None
+    alignment: Optional[Finite] = None
+    map_scale: Optional[Positive] = None
+    memory_bank_size: Optional[Count] = None
+    patch_bank_size: Optional[Count] = None
+    knn_k: Optional[Count] = None
+    knn_dims: Optional[Count] = None
 
     @model_validator(mode="after")
     def _fused_lists_agree(self) -> "ScoringSchema":
@@ -91,6 +106,19 @@ class CalibrationSchema(_Strict):
         return self
 
 
+class DomainSchema(_Strict):
+    """The domain gate (core/domain.py); an empty object means no gate."""
+
+    limit: Finite
+    weight: Optional[list[Finite]] = None  # per fused component; None: the gate uses the raw anomaly score
+    score: Literal["anomaly_score", "fused-without-realness"] = "anomaly_score"
+    coverage: Optional[Annotated[float, Field(ge=0.5, le=1)]] = None
+    n_real: Optional[Count] = None
+    n_fake: Optional[Count] = None
+    real_inside: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    fake_inside: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+
+
 class SpecSchema(_Strict):
     """The model spec, format version 1."""
 
@@ -105,6 +133,7 @@ class SpecSchema(_Strict):
     quantiles: dict[Head, Annotated[list[Finite], Field(min_length=2), AfterValidator(_sorted)]] = {}
     calibration: dict[Head, CalibrationSchema] = {}
     provenance: dict[str, Any] = {}
+    domain: Annotated[Optional[DomainSchema], BeforeValidator(lambda d: None if d == {} else d)] = None  # {}: no gate
 
     @model_validator(mode="after")
     def _parts_agree(self) -> "SpecSchema":
@@ -115,6 +144,13 @@ class SpecSchema(_Strict):
             problems.append("heads must not repeat")
         needed = {"anomaly": "anomaly_score", "generated": "generated_logit"}
         problems += [f"outputs lack {needed[h]!r}, which head {h!r} needs" for h in self.heads if needed[h] not in self.outputs]
+        fused = self.scoring.components if self.scoring.method == "fused" else None
+        unknown = sorted(set(fused or ()) - set(self.outputs))
+        if unknown:
+            problems.append(f"scoring.components name outputs the model does not list: {unknown}")
+        gate = self.domain
+        if gate is not None and gate.weight is not None and (fused is None or len(gate.weight) != len(fused)):
+            problems.append("domain.weight needs a fused score with one weight per component")
         if self.inputs[:1] != ["image"] or len(set(self.inputs)) != len(self.inputs):
             problems.append("inputs must be ['image'] or ['image', 'crops']")
         if "crops" in self.inputs and self.preprocess.native_crops < 1:

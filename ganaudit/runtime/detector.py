@@ -143,6 +143,23 @@ def _read_model(model: str | os.PathLike | bytes) -> bytes:
         raise ModelFormatError(f"cannot read model file {shown(str(path))}: {e.strerror or e}") from None
 
 
+def _check_input_shapes(session: ort.InferenceSession, spec: ModelSpec) -> None:
+    """The graph's fixed input sizes agree with the spec's preprocessing (an image [N, C, S, S], crops
+    [N, K, C, S, S]): a spec that lies about them would fail every batch instead of the load."""
+    p = spec.preprocess
+    want = {"image": (p.channels, p.size, p.size), "crops": (p.channels, p.size, p.size)}
+    for i in session.get_inputs():
+        if i.name not in want:
+            continue
+        tail = list(i.shape[-3:]) if len(i.shape) >= 3 else []
+        fixed = all(isinstance(d, int) for d in tail)
+        if len(i.shape) != (4 if i.name == "image" else 5) or (fixed and tuple(tail) != want[i.name]):
+            raise ModelFormatError(
+                f"model input {i.name!r} has shape {i.shape}, but its spec preprocesses to {p.channels} x {p.size} x "
+                f"{p.size}: re-export the model rather than editing its metadata"
+            )
+
+
 def read_spec(session: ort.InferenceSession, origin: str) -> ModelSpec:
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
@@ -208,11 +225,12 @@ class Detector:
         self.uses_crops = "crops" in spec.inputs
         self.crops_axis_free = any(i.name == "crops" and not isinstance(i.shape[1], int) for i in session.get_inputs())
         graph_inputs = [i.name for i in session.get_inputs()]
-        missing = [n for n in spec.outputs if n not in self.output_names] + [
+        missing = [n for n in ("anomaly_map", *spec.outputs) if n not in self.output_names] + [
             f"input {n}" for n in spec.inputs if n not in graph_inputs
         ]
         if missing:
             raise ModelFormatError(f"model graph lacks inputs/outputs named in its spec: {', '.join(missing)}")
+        _check_input_shapes(session, spec)
         if self.uses_crops and spec.preprocess.native_crops < 1:
             raise ModelFormatError("model takes native-scale crops but its spec has preprocess.native_crops = 0")
         self.thresholds = self.resolve_thresholds(

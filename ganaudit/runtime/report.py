@@ -674,7 +674,7 @@ def _errors_section(data: ReportData) -> str:
 
 def _trained_on(prov: dict[str, Any]) -> str:
     data = prov.get("data") if isinstance(prov.get("data"), dict) else {}
-    source = data.get("source") or "unknown data"
+    source = str(data.get("source") or "unknown data")  # str(): provenance is free-form, a number is possible
     if data.get("label") is not None:
         source += f" (label {data['label']})"
     return f"{source}: {prov.get('n_train', '?')} training images, fingerprint {prov.get('fingerprint', '?')}"
