@@ -500,6 +500,30 @@ def test_resume_rescores_nothing_and_keeps_the_rows(first_scan, tree, tiny_model
         os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
+@pytest.mark.parametrize(
+    "field, value", [("path", [1]), ("anomaly_score", "abc"), ("size", {"a": 1}), ("flagged", "yes"), ("reasons", [3])]
+)
+def test_resume_rescans_rows_of_the_wrong_type_and_survives_a_bad_summary(first_scan, tree, tiny_model, tmp_path, count_scored, field, value):
+    """Found by trying: such a row (a hand edit, a hostile file) made every --resume fail with exit 5."""
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(first_scan[1], out)
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    ok = next(i for i, line in enumerate(lines) if json.loads(line)["status"] == "ok")
+    row = json.loads(lines[ok])
+    row[field] = value
+    lines[ok] = json.dumps(row)
+    (out / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "model": []}))
+    res = run_cli("scan", tree, "-m", tiny_model, "-o", out, "--resume", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert sum(count_scored) == 1  # only the bad row's file is scored again (error rows are retried, not scored)
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["path"] for r in rows] == [r["path"] for r in read_jsonl(first_scan[1] / "results.jsonl")]
+
+
 def test_resume_refuses_results_from_another_threshold(first_scan, tree, tiny_model, tmp_path):
     import shutil
 

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -57,6 +57,10 @@ COLUMNS = [
 ]  # fmt: skip
 EXTRA_COLUMNS = ["size", "mtime"]
 ROW_FIELDS = COLUMNS + EXTRA_COLUMNS
+_NUMBER_FIELDS = ("anomaly_score", "anomaly_percentile", "generated_score", "domain_score", "mtime")
+_COUNT_FIELDS = ("width", "height", "size")
+_FLAG_FIELDS = ("anomaly_flag", "generated_flag", "flagged", "in_domain")
+_TEXT_FIELDS = ("error", "sha256")
 
 THUMB_SIZE = 112
 COLORMAP = cv2.COLORMAP_INFERNO
@@ -159,7 +163,7 @@ class JsonlWriter:
 
 def jsonl_lines(f: BinaryIO) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
     """The one reader of results.jsonl: ``(start, end, row)`` byte offsets and row of each complete line of an
-    open file, from its start; ``row`` is None for a line that is not a JSON object with a ``path``. A last
+    open file, from its start; ``row`` is None for a line that is not a :func:`well_formed` row. A last
     line cut short by a killed scan (no newline) ends the reading."""
     pos = 0
     for line in f:
@@ -170,7 +174,29 @@ def jsonl_lines(f: BinaryIO) -> Iterator[tuple[int, int, dict[str, Any] | None]]
             row = json.loads(line)
         except ValueError:
             row = None
-        yield start, pos, row if isinstance(row, dict) and "path" in row else None
+        yield start, pos, row if well_formed(row) else None
+
+
+def well_formed(row: Any) -> bool:
+    """Whether a row read back from results.jsonl has the row contract's types (a hand-edited or hostile file
+    may hold anything): a path, a status, numbers, flags and texts where they belong, or null."""
+    if not isinstance(row, dict) or not isinstance(row.get("path"), str) or row.get("status") not in ("ok", "error"):
+        return False
+
+    def all_are(names: Sequence[str], ok: Callable[[Any], bool]) -> bool:
+        return all(row.get(k) is None or ok(row[k]) for k in names)
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    reasons = row.get("reasons")
+    return (
+        all_are(_NUMBER_FIELDS, number)
+        and all_are(_COUNT_FIELDS, lambda x: number(x) and isinstance(x, int))
+        and all_are(_FLAG_FIELDS, lambda x: isinstance(x, bool))
+        and all_are(_TEXT_FIELDS, lambda x: isinstance(x, str))
+        and (reasons is None or (isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)))
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -187,7 +213,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
 def csv_from_jsonl(jsonl: str | os.PathLike, csv_path: str | os.PathLike) -> None:
     """(Re)write results.csv from results.jsonl, streaming, atomically."""
     tmp = Path(f"{csv_path}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as out:
+    with open_plain(tmp, text=True) as out:
         out.write(_csv_text((), header=True))
         batch: list[dict[str, Any]] = []
         for _, row in read_jsonl(jsonl):

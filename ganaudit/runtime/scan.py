@@ -474,6 +474,8 @@ def _check_previous_summary(out: Path, summary: dict[str, Any]) -> None:
     try:
         old = json.loads((out / SUMMARY_NAME).read_text(encoding="utf-8"))
         old_model, old_thr = old["model"], old["thresholds"]
+        if not isinstance(old_model, dict) or not isinstance(old_thr, dict):
+            raise TypeError("model and thresholds must be objects")
     except FileNotFoundError:
         log.warning("--resume: no %s in %s; cannot check the earlier rows came from this model", SUMMARY_NAME, out)
         return
