@@ -638,3 +638,23 @@ def test_report_keeps_the_top_flags_of_each_head():
                "generated_flag": True, "flagged": True}, "both", resumed=False)  # fmt: skip
     assert [path for path, _ in tally.top()] == ["both", "a9", "g9", "a8"]
     assert tally.counts["flagged"] == 21 and tally.counts["anomaly_flagged"] == 11 and tally.counts["generated_flagged"] == 11
+
+
+def test_report_never_shows_a_picture_other_than_the_one_scored(det, mnist_test_images, tmp_path):
+    """Found by trying: a file swapped while the scan ran showed its new picture beside the old one's score."""
+    from ganaudit.runtime.scan import scan
+
+    images, labels = mnist_test_images
+    folder = tmp_path / "live"
+    folder.mkdir()
+    flagged = [img for img, label in zip(images, labels) if label != 0][:3]
+    for i, img in enumerate(flagged):
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+
+    def swap_one(n, counts):
+        cv2.imwrite(str(folder / "0.png"), np.full((28, 28), 255, np.uint8))
+
+    result = scan(det, [folder], tmp_path / "o", batch_size=8, workers=1, on_progress=swap_one)
+    assert result.counts["flagged"] == 3
+    page = (tmp_path / "o/report.html").read_text(encoding="utf-8")
+    assert "the file changed after it was scored" in page  # in place of that file's picture and heat map

@@ -559,13 +559,25 @@ def _now() -> str:
 # --------------------------------------------------------------------------- visuals for the report
 
 
-def _visual_input(detector: Detector, path: str) -> tuple[np.ndarray | None, Prepared | None, str | None]:
-    """Decode a flagged file again: (thumbnail, model input, why not shown). Runs in the pool."""
+def _visual_input(
+    detector: Detector, path: str, sha256: str | None
+) -> tuple[np.ndarray | None, Prepared | None, str | None]:
+    """Decode a flagged file again: (thumbnail, model input, why not shown). Runs in the pool. A file whose
+    bytes are no longer those scored (``sha256``) is not shown: the report must never show another picture."""
     try:
-        source = memoryview(read_uri(path, detector.max_pixels)[1]) if is_uri(path) else path
-        image = decode(source, max_pixels=detector.max_pixels)
+        if is_uri(path):
+            data = read_uri(path, detector.max_pixels)[1]
+        else:
+            check_file_size(os.stat(path).st_size, detector.max_pixels)
+            with open(path, "rb") as f:
+                data = f.read()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return None, None, "not shown: the file changed after it was scored"
+        image = decode(memoryview(data), max_pixels=detector.max_pixels)
     except ImageDecodeError as e:
         return None, None, f"not shown: {e}"
+    except (OSError, ValueError) as e:
+        return None, None, f"not shown: could not read the file again ({getattr(e, 'strerror', None) or e})"
     try:
         # Through Detector.prepare, so the model input is exactly what the scan scored (whatever it holds).
         prepared = detector.prepare(image)
@@ -581,7 +593,7 @@ def _flagged_visuals(
 
     Just these files are decoded again, on the pool; their anomaly maps come from one more model run.
     """
-    inputs = list(pool.map(lambda item: _visual_input(detector, item[0]), top))
+    inputs = list(pool.map(lambda item: _visual_input(detector, item[0], item[1].get("sha256")), top))
     maps: list[np.ndarray | None] = [None] * len(inputs)
     evidence: list[np.ndarray | None] = [None] * len(inputs)
     where = [i for i, (_, prepared, _) in enumerate(inputs) if prepared is not None]
