@@ -231,3 +231,10 @@ def test_progress_bar_only_on_a_terminal_and_q_silences_it(folder, tiny_model, t
     piped = _scan_stderr(folder, tiny_model, tmp_path / "b", tty=False)
     assert "scanning" not in piped and "\r" not in piped
     assert "scanning" not in _scan_stderr(folder, tiny_model, tmp_path / "c", "-q", tty=True)
+
+
+def test_error_lines_never_send_control_characters_to_the_terminal(tmp_path):
+    """A name holding an escape sequence (here: set the terminal's title) is echoed escaped, not obeyed."""
+    res = run_cli("scan", "x\x1b]0;pwned\x07y.png", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "path not found" in res.stderr
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr and "x\\x1b]0;pwned\\x07y.png" in res.stderr

@@ -253,6 +253,21 @@ def test_multipart_without_files_part_is_422(detector):
     assert r.status_code == 422 and r.json()["error"] == "invalid_request" and "files" in r.json()["detail"]
 
 
+def test_a_files_part_without_a_file_name_gets_an_error_result_that_says_so(detector, digits):
+    """Found by trying: a part with RFC 7578's filename* (or none) is a text field to the form parser; its
+    bytes were re-encoded as UTF-8 and failed decoding with a misleading message."""
+    png = digits["all"][0]
+    body = (b'--BB\r\nContent-Disposition: form-data; name="files"; filename*=UTF-8\'\'%ff.png\r\n\r\n' + png
+            + b'\r\n--BB\r\nContent-Disposition: form-data; name="files"; filename="ok.png"\r\n\r\n' + png
+            + b"\r\n--BB--\r\n")  # fmt: skip
+    with served(detector) as client:
+        r = client.post("/v1/detect", content=body, headers={"content-type": "multipart/form-data; boundary=BB"})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first["status"] == "error" and "text field, not a file" in first["error"]
+    assert second["status"] == "ok" and second["filename"] == "ok.png"
+
+
 def test_threshold_query_parameters_override_the_model(detector, digits):
     blobs = digits["all"][:6]
     with served(detector) as client:

@@ -12,6 +12,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -28,12 +29,19 @@ EXIT_OS = 4
 EXIT_INTERNAL = 5
 EXIT_INTERRUPTED = 130
 MAX_SHOWN = 300  # characters of a value or message echoed in an error line
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {terminal_safe(message)}", err=True)
     return typer.Exit(code)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN``: a file name holding an escape sequence (it may
+    come from a stranger) must not retitle, recolour or rewrite the user's terminal."""
+    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _cut(text: str) -> str:

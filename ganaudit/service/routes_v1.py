@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from ..runtime import evidence
 from ..core.grid import encode_png
+from ..core.errors import ImageDecodeError
 from ..runtime.detector import RECORD_FIELDS, Verdict, error_verdict, finite_or_none, verdict_record
 from . import schemas as S
 from .errors import ServiceError
@@ -100,9 +101,11 @@ async def detect(
     media = media_type(request)
     thresholds = service.thresholds(anomaly_threshold, generated_threshold)
     if media == "multipart/form-data":
-        names, blobs = await _read_multipart(request, service.settings.max_files)
+        names, blobs, text_parts = await _read_multipart(request, service.settings.max_files)
         service.check_capacity(len(blobs))
         prepared = await service.decode(blobs, request.is_disconnected)
+        for i in text_parts:
+            prepared[i] = ImageDecodeError(TEXT_PART)
     elif media.startswith("image/"):
         names = [_disposition_filename(request.headers.get("content-disposition"))]
         prepared = await service.decode([await request.body()], request.is_disconnected)
@@ -125,25 +128,34 @@ async def detect(
     return JSONResponse(body)
 
 
-async def _read_multipart(request: Request, max_files: int) -> tuple[list[str | None], list[bytes]]:
-    """The ``files`` parts of a multipart body: names and bytes (spooled uploads are closed here)."""
+TEXT_PART = (
+    "this 'files' part is a text field, not a file: give it a file name (Content-Disposition: form-data; "
+    'name="files"; filename="image.png"); filename* is not read'
+)
+
+
+async def _read_multipart(request: Request, max_files: int) -> tuple[list[str | None], list[bytes], list[int]]:
+    """The ``files`` parts of a multipart body: names, bytes and the positions of parts that came as text
+    fields (no ``filename``), which get an error result (spooled uploads are closed here)."""
     form = await request.form(max_files=max_files, max_fields=max_files)
     try:
         names: list[str | None] = []
         blobs: list[bytes] = []
+        text_parts: list[int] = []
         for key, value in form.multi_items():
             if key != "files":
                 continue
             if isinstance(value, UploadFile):
                 names.append(value.filename)
                 blobs.append(await value.read())
-            else:  # a plain text field named files: keep its place, it will fail decoding with a clear message
+            else:  # a text field named files (no filename): keep its place for an error result
+                text_parts.append(len(blobs))
                 names.append(None)
-                blobs.append(value.encode())
+                blobs.append(b"")
         if not blobs:
             raise ServiceError(
                 422, "invalid_request", "the multipart body has no 'files' part: send images as files=@image.png"
             )
-        return names, blobs
+        return names, blobs, text_parts
     finally:
         await form.close()
