@@ -118,6 +118,9 @@ def test_fifo_with_image_extension_is_not_opened(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")
     (cand,) = list(iter_files([tmp_path]))
     assert cand.error == "not a regular file (device, pipe or socket)"
+    # Named and inside a walked folder, it is still one file: one row (found by trying)
+    (first,) = list(iter_files([tmp_path / "pipe.png", tmp_path]))
+    assert first.path == str(tmp_path / "pipe.png")  # named: the scan reports it when it reads it
 
 
 @posix_only

@@ -155,16 +155,18 @@ def _walk(
             continue
         if _extension(entry.name) not in extensions:
             stats.skipped_non_image += 1
-        elif not is_file:
+            continue
+        try:  # no system call for a plain file: its inode comes with the listing, its device is the folder's
+            file_key = (os.stat(path).st_dev, entry.inode()) if entry.is_symlink() else (key[0], entry.inode())
+        except OSError:
+            file_key = (-1, id(entry))  # vanished: _load will say so
+        if not _first_time(file_key, stats):  # also a pipe or device reached twice: one row each
+            continue
+        if is_file:
+            yield Candidate(path)
+        else:
             stats.errors += 1
             yield Candidate(path, error="not a regular file (device, pipe or socket)")
-        else:
-            try:  # no system call for a plain file: its inode comes with the listing, its device is the folder's
-                file_key = (os.stat(path).st_dev, entry.inode()) if entry.is_symlink() else (key[0], entry.inode())
-            except OSError:
-                file_key = (-1, id(entry))  # vanished: _load will say so
-            if _first_time(file_key, stats):
-                yield Candidate(path)
 
 
 def _link_error(path: str, e: OSError) -> str:

@@ -198,7 +198,7 @@ def aux_pool(
         # n per family (sampling is cheap next to training), so any subset of families reuses the cache
         path = RunDir(run_dir).aux_pool_dir / f"{family}_steps{steps}_n{n}_seed{seed}.npy"
         if path.is_file():
-            imgs = np.load(path)
+            imgs = np.load(path, allow_pickle=False)
         else:
             imgs = family_samples(family, x, steps, n, seed)
             buf = io.BytesIO()
