@@ -97,3 +97,17 @@ def test_batch_size_must_split_evenly_over_the_processes(tmp_path):
     assert res.returncode != 0
     assert "error: --batch-size 15 must be a multiple of the number of processes (2)" in res.stderr
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [({"RANK": "1"}, "RANK=1, WORLD_SIZE=None"), ({"WORLD_SIZE": "0"}, "do not describe a job"),
+     ({"WORLD_SIZE": "2", "RANK": "0"}, "is set but not MASTER_ADDR")],
+)  # fmt: skip
+def test_a_stray_torchrun_environment_is_refused_before_training(tmp_path, env, message):
+    """Found by trying: RANK=1 left in a shell made one process train in full, write nothing and exit 0."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    cmd = [sys.executable, "-m", "ganaudit", "train", DATA, "--out", str(tmp_path / "r"), *ARGS]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**clean, "OMP_NUM_THREADS": "1", **env}, timeout=120)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "r").exists()

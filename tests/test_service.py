@@ -701,8 +701,12 @@ def test_metrics_after_traffic(detector, digits):
         client.post("/v1/detect", content=b"x", headers={"content-type": "text/plain"})
         client.get("/v2/models/nope")
         client.get("/no/such/path")
+        for i in range(20):  # found by trying: each made-up method was a new label series, before any API key check
+            client.request(f"X{i:03d}" * 50, "/v1/detect")
         text = scrape(client)
     assert metric(text, "ganaudit_http_requests_total", route="/v1/detect", method="POST", status="200") == 2
+    assert metric(text, "ganaudit_http_requests_total", route="/v1/detect", method="other", status="405") == 20
+    assert "X000" not in text
     assert metric(text, "ganaudit_http_requests_total", route="/v1/detect", method="POST", status="415") == 1
     assert metric(text, "ganaudit_http_requests_total", route="/v2/models/{name}", method="GET", status="404") == 1
     assert metric(text, "ganaudit_http_requests_total", route="other", method="GET", status="404") == 1

@@ -55,9 +55,21 @@ def from_env() -> Dist:
     """The job as torchrun describes it in the environment (one process when it does not)."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+        d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     except ValueError:
         raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+    # A RANK left in the environment made a lone process a non-writing rank: it trained, wrote nothing, exited 0.
+    if d.world < 1 or not 0 <= d.rank < d.world or d.local_rank < 0:
+        raise ConfigError(
+            f"RANK={os.environ.get('RANK')}, WORLD_SIZE={os.environ.get('WORLD_SIZE')} in the environment do not "
+            "describe a job: unset them for one process, or start several with torchrun (docs/distributed.md)"
+        )
+    if d.world > 1 and "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            f"WORLD_SIZE={d.world} is set but not MASTER_ADDR: start several processes with torchrun "
+            "(docs/distributed.md), or unset WORLD_SIZE and RANK for one"
+        )
+    return d
 
 
 def is_main_process() -> bool:
