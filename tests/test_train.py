@@ -153,6 +153,31 @@ def test_idx_source_with_label_filter_and_index_range(mnist_path):
     assert ds.images.shape[1:] == (1, 16, 16)
 
 
+def test_hostile_idx_files_are_refused_by_their_header_without_reading_the_rest(tmp_path):
+    """Found by trying: a 5 MB .gz that expands to 5 GB was decompressed whole before its header was checked."""
+    import gzip
+
+    from ganaudit.core.errors import ConfigError
+    from ganaudit.training.datasets import read_idx
+
+    bomb = tmp_path / "bomb-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (100000).to_bytes(4, "big") + (300).to_bytes(4, "big") * 2)
+        f.write(bytes(2**20) * 64)  # 64 MB of zeros in a file of about 64 kB; the header declares 9 GB
+    with pytest.raises(ConfigError, match="declares more than"):
+        read_idx(bomb)
+    short = tmp_path / "short-images-idx3-ubyte"
+    short.write_bytes(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100))
+    with pytest.raises(ConfigError, match="is truncated"):
+        read_idx(short)
+    long = tmp_path / "long-images-idx1-ubyte"
+    long.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes(4))
+    with pytest.raises(ConfigError, match="past what its header declares"):
+        read_idx(long)
+    res = run_cli("train", bomb, "--out", tmp_path / "run")
+    assert res.exit_code == 2 and "declares more than" in res.stderr and not (tmp_path / "run").exists()
+
+
 def test_sklearn_digits_query_label():
     ds = load_dataset("sklearn:digits?label=3", size=16)
     assert len(ds) == 183 and set(ds.labels.tolist()) == {3}

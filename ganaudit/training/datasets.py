@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..core.spec import PreprocessSpec
 log = logging.getLogger(__name__)
 
 SKLEARN_DIGITS = "sklearn:digits"
+MAX_IDX_BYTES = 2**31  # the most pixel data an IDX file may declare (MNIST's training set: 47 MB)
 
 
 @dataclass
@@ -78,17 +80,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     opener = gzip.open if p.suffix == ".gz" else open
     try:
         with opener(p, "rb") as f:
-            data = f.read()
+            # Only what the header declares is read (plus one byte, to see trailing data): a small .gz that
+            # expands to gigabytes is refused by its header, not decompressed into memory.
+            magic = f.read(4)
+            if len(magic) < 4 or magic[:3] != b"\x00\x00\x08":
+                raise ConfigError(f"{p} is not an unsigned-byte IDX file (bad magic number)")
+            raw_dims = f.read(4 * magic[3])
+            dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
+            size = math.prod(dims)
+            if len(dims) != magic[3] or size > MAX_IDX_BYTES:
+                raise ConfigError(f"{p}: its header ({dims}) is cut short or declares more than {MAX_IDX_BYTES} bytes")
+            data = f.read(size + 1)
     except (OSError, EOFError) as e:
         raise ConfigError(f"cannot read IDX file {p}: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ConfigError(f"{p} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if len(data) - header != int(np.prod(dims)):
-        raise ConfigError(f"{p} is truncated: header says {dims}, data has {len(data) - header} bytes")
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+    if len(data) != size:
+        what = "is truncated" if len(data) < size else "has data past what its header declares"
+        raise ConfigError(f"{p} {what}: header says {dims}")
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def guess_labels_file(images_path: Path) -> Path | None:
