@@ -137,6 +137,20 @@ def test_file_uris_are_read_through_pyarrow(tiny_model, tree, tmp_path):  # noqa
     assert json.loads(again.stdout)["counts"]["resumed"] == len(files)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX devices and pipes")
+def test_uris_of_devices_pipes_and_odd_stores_are_error_rows(tiny_model, tmp_path):
+    """Found by trying: each of these ended the scan with exit 5 (a size of None, pyarrow's own errors)."""
+    pytest.importorskip("pyarrow.fs")
+    os.mkfifo(tmp_path / "pipe.png")
+    listing = tmp_path / "odd.txt"
+    listing.write_text(f"file:///dev/zero\n{(tmp_path / 'pipe.png').as_uri()}\nabfs://x@y/z.png\n")
+    res = scan(tiny_model, tmp_path / "o", "--files-from", listing)
+    assert res.exit_code == 0, res.output
+    got = rows(tmp_path / "o")
+    assert [r["status"] for r in got] == ["error"] * 3
+    assert all("not a regular file" in r["error"] for r in got[:2]) and len(got[2]["error"]) < 500
+
+
 def test_uris_without_pyarrow_are_a_usage_error_with_advice(tiny_model, tree, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(sys.modules, "pyarrow.fs", None)  # import pyarrow.fs raises ImportError
     monkeypatch.setattr("ganaudit.runtime.uri_files._systems", {})

@@ -41,6 +41,20 @@ def _pyarrow_fs() -> Any:
     return pafs
 
 
+def _arrow_error() -> type[Exception]:
+    """pyarrow's own base error (some of its errors, e.g. from an Azure URI, are neither OSError nor ValueError)."""
+    import pyarrow
+
+    return pyarrow.ArrowException
+
+
+def _first_line(e: Exception) -> str:
+    """A store's error, cut to its first line (a missing HDFS library gave 20 kB of dlopen messages)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
 def _resolve(uri: str) -> tuple[Any, str]:
     """(pyarrow file system, path on it) for ``uri``; the file system is cached per scheme and authority.
 
@@ -57,8 +71,8 @@ def _resolve(uri: str) -> tuple[Any, str]:
     pafs = _pyarrow_fs()
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-    except (ValueError, OSError, TypeError) as e:  # unknown scheme, bad authority, no credentials...
-        raise ImageDecodeError(f"cannot open {uri}: {e}") from None
+    except (ValueError, OSError, TypeError, _arrow_error()) as e:  # unknown scheme, bad authority, no credentials...
+        raise ImageDecodeError(f"cannot open {uri}: {_first_line(e)}") from None
     if plain and path in (parts.netloc + parts.path, parts.path):  # the rule is known: reuse the file system
         with _lock:
             _systems[root] = (fs, path == parts.netloc + parts.path and path != parts.path)
@@ -76,12 +90,14 @@ def _stat(uri: str, fs: Any, path: str) -> RemoteFile:
     pafs = _pyarrow_fs()
     try:
         info = fs.get_file_info(path)
-    except OSError as e:
-        raise ImageDecodeError(f"could not read {uri}: {e}") from None
+    except (OSError, _arrow_error()) as e:
+        raise ImageDecodeError(f"could not read {uri}: {_first_line(e)}") from None
     if info.type == pafs.FileType.NotFound:
         raise ImageDecodeError("file not found")
     if info.type == pafs.FileType.Directory:
         raise ImageDecodeError("is a directory, not an image file")
+    if info.type != pafs.FileType.File or info.size is None:  # file:///dev/zero, a pipe: never read
+        raise ImageDecodeError("not a regular file (device, pipe or socket)")
     mtime = info.mtime.timestamp() if info.mtime is not None else None
     return RemoteFile(size=int(info.size), mtime=mtime)
 
@@ -96,8 +112,8 @@ def read_uri(uri: str, max_pixels: int) -> tuple[RemoteFile, bytes]:
     try:
         with fs.open_input_stream(path) as f:
             data = f.read(bound + 1)
-    except OSError as e:
-        raise ImageDecodeError(f"could not read {uri}: {e}") from None
+    except (OSError, _arrow_error()) as e:
+        raise ImageDecodeError(f"could not read {uri}: {_first_line(e)}") from None
     check_file_size(len(data), max_pixels)
     return meta, bytes(data)
 
