@@ -238,3 +238,50 @@ def test_error_lines_never_send_control_characters_to_the_terminal(tmp_path):
     res = run_cli("scan", "x\x1b]0;pwned\x07y.png", "--out", tmp_path / "o")
     assert res.exit_code == 2 and "path not found" in res.stderr
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr and "x\\x1b]0;pwned\\x07y.png" in res.stderr
+
+
+def _tampered(run, tmp_path, name, change):
+    import shutil
+
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    change(copy)
+    return copy
+
+
+def _edit_config(**fields):
+    def change(run):
+        cfg = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**cfg, **fields}))
+
+    return change
+
+
+def _small_bank(name):
+    def change(run):
+        np.save(run / name, np.zeros((8, 1, 8, 8), np.float32))
+
+    return change
+
+
+TAMPERED = {
+    "config-list": (lambda run: (run / "config.json").write_text("[]"), "not a JSON object"),
+    "width-null": (_edit_config(width=None), "width must be a whole number"),
+    "z-dim-huge": (_edit_config(z_dim=10**9), "z-dim must be between"),
+    "width-other": (_edit_config(width=16), "does not fit its config.json"),
+    "bank-8px": (_small_bank("memory_bank.npy"), "memory_bank.npy"),
+    "validation-8px": (_small_bank("validation.npy"), "validation.npy"),
+    "run-json-list": (lambda run: (run / "run.json").write_text("[1]"), "run.json is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_run_directory_is_a_clear_error_for_export_and_audit(tiny_run, tmp_path, case):
+    """Found by trying: each of these was an internal error (exit 5), a 1 TB allocation or a false audit flag."""
+    change, message = TAMPERED[case]
+    run = _tampered(tiny_run, tmp_path, case, change)
+    for args in (("export", run, "-o", tmp_path / "m.onnx"), ("audit", "gan", run, "-n", "64", "--out", tmp_path / "a")):
+        res = run_cli(*args)
+        if case == "run-json-list" and args[0] == "audit":
+            continue  # the audit reads no provenance
+        assert res.exit_code == 2 and message in res.stderr and "internal error" not in res.stderr, (args[0], res.output)

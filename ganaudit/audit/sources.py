@@ -36,20 +36,29 @@ def is_run(path: str | os.PathLike) -> bool:
     return RunDir(path).is_run()
 
 
-def _npy(path: Path) -> ImageSet:
+def _npy(path: Path, size: int) -> ImageSet:
+    """A ``.npy`` image set: float NCHW images of 1 or 3 channels at ``size``, finite, at least one (a set of
+    another size was compared pixel for pixel with the others, and gave a false memorisation flag)."""
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise ConfigError(f"{path} is not a readable .npy array ({e})") from None
-    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise ConfigError(f"{path}: expected float NCHW images with 1 or 3 channels, got shape {arr.shape}")
-    return ImageSet(arr.astype(np.float32), [f"{path.name}[{i}]" for i in range(len(arr))], None, str(path))
+    if arr.dtype.kind != "f" or arr.ndim != 4 or arr.shape[1] not in (1, 3) or len(arr) == 0:
+        raise ConfigError(f"{path}: expected float NCHW images with 1 or 3 channels, got {arr.dtype} {arr.shape}")
+    if arr.shape[2:] != (size, size):
+        raise ConfigError(
+            f"{path} holds {arr.shape[2]}x{arr.shape[3]} images; this audit compares images at {size}x{size}"
+        )
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"{path} holds NaN or infinite values")
+    return ImageSet(arr, [f"{path.name}[{i}]" for i in range(len(arr))], None, str(path))
 
 
 def load_images(source: str, size: int, *, progress: bool = False) -> ImageSet:
     """Load a folder, IDX file (``?range=``/``?label=`` filters), ``.npy`` array or ``sklearn:digits`` at ``size``."""
     if source.endswith(".npy"):
-        return _npy(Path(source))
+        return _npy(Path(source), size)
     ds = load_dataset(source, size=size, channels="auto", progress=progress)
     labels = None if ds.labels is None else [str(v) for v in ds.labels]
     if labels is None and ds.source.get("kind") == "folder":
@@ -105,7 +114,7 @@ def sample_run(run: str | os.PathLike, n: int, seed: int, progress: bool = False
 
 def run_file(run: str | os.PathLike, name: str) -> ImageSet | None:
     path = Path(run) / name
-    return _npy(path) if path.is_file() else None
+    return _npy(path, int(RunDir(run).read_config()["size"])) if path.is_file() else None
 
 
 def drop_shared(ref: ImageSet, other: ImageSet) -> tuple[ImageSet, int]:

@@ -98,28 +98,44 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise ModelFormatError(f"{self.root} is not a ganaudit run directory (no {CONFIG})")
-        return json.loads(self.config.read_text())
+        try:
+            config = json.loads(self.config.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ModelFormatError(f"{self.config} is unreadable ({e})") from None
+        if not isinstance(config, dict):
+            raise ModelFormatError(f"{self.config} is not a ganaudit run configuration (not a JSON object)")
+        return config
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self.config, json.dumps(config, indent=2))
 
     def read_info(self) -> dict[str, Any]:
         """run.json (data provenance); {} when a run has none."""
-        return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
+        return self._json_object(self.run_info) if self.run_info.is_file() else {}
+
+    def _json_object(self, path: Path) -> dict[str, Any]:
+        """A JSON object file of the run; ModelFormatError naming it when it is unreadable or not an object."""
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ModelFormatError(f"{path} is unreadable ({e})") from None
+        if not isinstance(value, dict):
+            raise ModelFormatError(f"{path} is damaged: not a JSON object")
+        return value
 
     def write_info(self, info: dict[str, Any]) -> None:
         atomic_write(self.run_info, json.dumps(info, indent=2))
 
     def audit_headline(self) -> dict[str, Any] | None:
         """The headline figures of the audit training ended with, if there is one."""
-        return json.loads(self.audit_json.read_text()).get("headline") if self.audit_json.is_file() else None
+        return self._json_object(self.audit_json).get("headline") if self.audit_json.is_file() else None
 
     # --- arrays -----------------------------------------------------------------------------------------
     def load_validation(self) -> np.ndarray:
         """The held-out normal images (float32)."""
         if not self.validation.is_file():
             raise ModelFormatError(f"{self.root} has no {VALIDATION}: it is not a complete ganaudit run directory")
-        val = np.load(self.validation, allow_pickle=False).astype(np.float32)
+        val = self._images(self.validation)
         if len(val) == 0:
             raise ConfigError(f"{self.root} has no held-out validation images: retrain with --val-fraction > 0")
         return val
@@ -137,7 +153,29 @@ class RunDir:
                 f"{self.root} has no {MEMORY_BANK} (it was trained by an older ganaudit): add it by running the same "
                 "`ganaudit train DATA ... --out RUN --resume` once (no training is repeated), then export again"
             )
-        return np.load(self.memory_bank, allow_pickle=False).astype(np.float32)
+        bank = self._images(self.memory_bank)
+        if len(bank) == 0:
+            raise ModelFormatError(f"{self.memory_bank} holds no images: the run directory is damaged")
+        return bank
+
+    def _images(self, path: Path) -> np.ndarray:
+        """A run's preprocessed images (float32 [N, C, S, S] of its config's channels and size, finite), or a
+        ModelFormatError naming the file: an edited or damaged array must not reach the networks."""
+        cfg = self.read_config()
+        want = (cfg.get("channels"), cfg.get("size"), cfg.get("size"))
+        try:
+            images = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ModelFormatError(f"{path} is unreadable ({e})") from None
+        if images.dtype.kind != "f" or images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ModelFormatError(
+                f"{path} is damaged: it holds {images.dtype} {list(images.shape)}, not float images [N, {want[0]}, "
+                f"{want[1]}, {want[2]}] as the run's config.json says"
+            )
+        images = images.astype(np.float32)
+        if not np.isfinite(images).all():
+            raise ModelFormatError(f"{path} is damaged: it holds NaN or infinite values")
+        return images
 
     def write_validation(self, images: np.ndarray, native: np.ndarray | None) -> None:
         save_npy(self.validation, images)

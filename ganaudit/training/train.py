@@ -10,6 +10,7 @@ import copy
 import io
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -107,6 +108,7 @@ class TrainConfig:
     log_every: int = 25
 
     def __post_init__(self) -> None:
+        self._check_types_and_bounds()
         check_size(self.size)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
@@ -130,6 +132,22 @@ class TrainConfig:
             raise ConfigError("head-aux-share must be in [0, 1) and head-aux-steps positive")
         if self.generated_head and not 1 <= self.native_crops <= 16:
             raise ConfigError(f"native-crops must be 1..16 with the generated head, got {self.native_crops}")
+
+    def _check_types_and_bounds(self) -> None:
+        """Every field of the type it is declared with, numbers finite and within sane bounds: a config.json edited
+        by hand (or by a stranger) must fail here, not as a traceback or a terabyte allocation further on."""
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), _FIELD_KINDS.get(str(f.type))
+            if kinds is None or (value is None and "None" in str(f.type)):
+                continue
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be {_KIND_NAMES[str(f.type)]}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a finite number, got {value}")
+        for name, low, high in _BOUNDS:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name.replace('_', '-')} must be between {low} and {high}, got {value}")
 
     @property
     def n_head_steps(self) -> int:
@@ -158,6 +176,22 @@ class TrainConfig:
             d["head_steps"] = max(1, d["steps"] // 5)
         return cls(**d)
 
+
+# The types TrainConfig's fields may hold (dataclass annotations are strings here: `from __future__`).
+_FIELD_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+    "float | None": (int, float), "int | None": (int,), "bool | None": (bool,),
+}  # fmt: skip
+_KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+               "float | None": "a number", "int | None": "a whole number", "bool | None": "true or false"}  # fmt: skip
+# Sane bounds (inclusive): far beyond any useful run, short of allocations that take the machine down.
+_BOUNDS = (
+    ("width", 1, 1024), ("z_dim", 1, 4096), ("batch_size", 1, 65536), ("seed", 0, 2**63 - 1),
+    ("lr_g", 1e-12, 10.0), ("lr_d", 1e-12, 10.0), ("lr_e", 1e-12, 10.0), ("head_lr", 1e-12, 10.0),
+    ("kappa", 0.0, 1e6), ("r1", 0.0, 1e6), ("gp", 0.0, 1e6), ("instance_noise", 0.0, 100.0),
+    ("sample_every", 1, 10**9), ("checkpoint_every", 1, 10**9), ("log_every", 1, 10**9), ("n_critic", 1, 100),
+    ("head_pool", 1, 10**7),
+)  # fmt: skip
 
 AUTO_ROTATION = 1.0  # the rotation weight auto chooses for colour photographs (Q4's lever study)
 
@@ -242,7 +276,12 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
-    return TrainConfig.from_dict(RunDir(run_dir).read_config())
+    try:
+        return TrainConfig.from_dict(RunDir(run_dir).read_config())
+    except ConfigError as e:
+        raise ModelFormatError(f"{RunDir(run_dir).config}: {e}") from None
+    except (TypeError, AttributeError) as e:  # not an object, an unknown argument...
+        raise ModelFormatError(f"{RunDir(run_dir).config} is not a ganaudit run configuration ({e})") from None
 
 
 def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str, Any]]:
@@ -250,13 +289,19 @@ def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str,
     cfg = load_config(run_dir)
     ckpt = load_checkpoint(run_dir)
     nets = build_networks(cfg)
-    for name in ("G", "G_ema", "D", "E"):
-        getattr(nets, name).load_state_dict(ckpt[name])
-        getattr(nets, name).eval()
-    if "H" in ckpt:
-        nets.H = build_head(cfg)
-        nets.H.load_state_dict(ckpt["H"])
-        nets.H.eval()
+    try:
+        for name in ("G", "G_ema", "D", "E"):
+            getattr(nets, name).load_state_dict(ckpt[name])
+            getattr(nets, name).eval()
+        if "H" in ckpt:
+            nets.H = build_head(cfg)
+            nets.H.load_state_dict(ckpt["H"])
+            nets.H.eval()
+    except (KeyError, TypeError, RuntimeError) as e:  # a network missing, or weights of another shape
+        raise ModelFormatError(
+            f"the checkpoint of {run_dir} does not fit its config.json (edited, or from another run): "
+            f"{str(e).strip().splitlines()[0][:300]}"
+        ) from None
     return cfg, nets, ckpt
 
 
