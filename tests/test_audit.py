@@ -251,6 +251,35 @@ def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny
     assert res.exit_code == 2 and "has a row in" in res.stderr
 
 
+@pytest.mark.parametrize(
+    "truth, extra, message",
+    [
+        (b"path,anomaly,grp\na.png,1,x\nb.png,0\n", (), "line 3 has fewer cells than the header"),
+        (b"path,anomaly\na.png,1\na.png,0\n", (), "has an earlier row that disagrees"),
+        (b"path,anomaly\n\xe9.png,1\n", (), "is not UTF-8 text"),
+        (b"path,anomaly,grp\na.png,1,all\nb.png,0,x\n", ("--group", "grp"), "rename the group called 'all'"),
+    ],
+    ids=["short-row", "conflicting-rows", "latin-1", "group-named-all"],
+)
+def test_a_hostile_truth_csv_is_a_clear_error(tmp_path, tiny_model, truth, extra, message):
+    """Found by trying: the first three ended in exit 5; a group named 'all' vanished from the table."""
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((28, 28), 60, np.uint8))
+    (tmp_path / "truth.csv").write_bytes(truth)
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv", *extra)
+    assert res.exit_code == 2 and message in res.stderr, res.output
+
+
+def test_a_truth_csv_saved_with_a_byte_order_mark_is_read(tmp_path, tiny_model):
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((28, 28), 60, np.uint8))
+    (tmp_path / "truth.csv").write_bytes(b"\xef\xbb\xbfpath,anomaly\na.png,1\nb.png,0\n")  # as Excel saves "CSV UTF-8"
+    res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv",
+                  "--out", tmp_path / "o", "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["counts"]["with_truth"] == 2
+
+
 def test_training_ends_with_an_audit_and_export_copies_its_headline(tiny_run, tiny_model):
     from ganaudit.runtime.detector import Detector
 

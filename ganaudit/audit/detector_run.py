@@ -26,10 +26,20 @@ def read_truth(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--truth: file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is no column
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError:
+        raise ConfigError(f"--truth: {path} is not UTF-8 text; save it as CSV UTF-8") from None
     if not rows or "path" not in rows[0]:
         raise ConfigError(f"--truth: {path} needs a header with a 'path' column and one truth column per head")
+    seen: dict[str, dict[str, str]] = {}
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise ConfigError(f"--truth: {path} line {line} has {'more' if None in row else 'fewer'} cells than the header")
+        if row["path"] in seen and seen[row["path"]] != row:
+            raise ConfigError(f"--truth: {path} line {line}: {row['path']!r} has an earlier row that disagrees with it")
+        seen[row["path"]] = row
     return rows
 
 
@@ -89,6 +99,8 @@ def run_detector_audit(
     verdicts = [v for s in starts for v in det.detect([f for f, _ in pairs[s : s + batch]])]
     ok = [i for i, v in enumerate(verdicts) if v.status == "ok"]
     groups = np.array([pairs[i][1][group] if group else "all" for i in ok])
+    if group and "all" in groups:
+        raise ConfigError(f"--group {group}: rename the group called 'all'; the audit uses that name for every image")
     result: dict[str, Any] = {
         "model": str(model_path), "model_name": det.name, "truth": str(truth), "group_column": group,
         "counts": {"images": len(files), "with_truth": len(pairs), "scored": len(ok), "unreadable": len(pairs) - len(ok)},
