@@ -151,6 +151,21 @@ def test_uris_of_devices_pipes_and_odd_stores_are_error_rows(tiny_model, tmp_pat
     assert all("not a regular file" in r["error"] for r in got[:2]) and len(got[2]["error"]) < 500
 
 
+def test_an_unreachable_cloud_object_is_an_error_row_within_the_retry_limit(tiny_model, tmp_path, monkeypatch):
+    """Found by trying: Google Cloud Storage's client retried one object for 15 minutes, stalling the scan."""
+    pytest.importorskip("pyarrow.fs")
+    from ganaudit.runtime import uri_files
+
+    monkeypatch.setattr(uri_files, "STORE_RETRY_SECONDS", 1.0)
+    listing = tmp_path / "gcs.txt"
+    listing.write_text("gs://ganaudit-no-such-bucket-for-tests/x.png\n")
+    res = scan(tiny_model, tmp_path / "o", "--files-from", listing)
+    assert res.exit_code == 0, res.output
+    (row,) = rows(tmp_path / "o")
+    assert row["status"] == "error" and row["error"].startswith("could not read gs://")
+    assert json.loads(res.stdout)["seconds"] < 60
+
+
 def test_uris_without_pyarrow_are_a_usage_error_with_advice(tiny_model, tree, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(sys.modules, "pyarrow.fs", None)  # import pyarrow.fs raises ImportError
     monkeypatch.setattr("ganaudit.runtime.uri_files._systems", {})

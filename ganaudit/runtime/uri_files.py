@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from ..core.imaging import check_file_size, max_file_bytes
 __all__ = ["RemoteFile", "open_listing_uri", "read_uri", "stat_uri"]
 
 PYARROW_ADVICE = "reading URIs needs pyarrow: pip install 'ganaudit[distributed]'"
+STORE_RETRY_SECONDS = 30.0  # how long a store's client retries one object before the row says it failed
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ def _first_line(e: Exception) -> str:
     return line if len(line) <= 300 else line[:300] + "..."
 
 
+def _bounded_retries(pafs: Any, fs: Any) -> Any:
+    """``fs`` with a bounded retry time where pyarrow's default has none: Google Cloud Storage retried one
+    unreachable object for 15 minutes or more, stalling the scan (found by trying). S3 gives up by itself."""
+    if isinstance(fs, getattr(pafs, "GcsFileSystem", ())):
+        options = fs.__reduce__()[1][0]  # the options from_uri parsed (endpoint, scheme, ...)
+        if options.get("retry_time_limit") is None:
+            fs = pafs.GcsFileSystem(**{**options, "retry_time_limit": timedelta(seconds=STORE_RETRY_SECONDS)})
+    return fs
+
+
 def _resolve(uri: str) -> tuple[Any, str]:
     """(pyarrow file system, path on it) for ``uri``; the file system is cached per scheme and authority.
 
@@ -73,6 +85,7 @@ def _resolve(uri: str) -> tuple[Any, str]:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError, TypeError, _arrow_error()) as e:  # unknown scheme, bad authority, no credentials...
         raise ImageDecodeError(f"cannot open {uri}: {_first_line(e)}") from None
+    fs = _bounded_retries(pafs, fs)
     if plain and path in (parts.netloc + parts.path, parts.path):  # the rule is known: reuse the file system
         with _lock:
             _systems[root] = (fs, path == parts.netloc + parts.path and path != parts.path)
