@@ -135,6 +135,12 @@ def _read_model(model: str | os.PathLike | bytes) -> bytes:
     except (OSError, ValueError):  # name too long, NUL byte, ...
         is_file = False
     if not is_file:
+        try:
+            exists = path.exists()
+        except (OSError, ValueError):
+            exists = False
+        if exists:
+            raise ModelFormatError(f"{shown(str(path))} is not a model file (a folder, device or pipe)")
         shipped = ", ".join(shipped_models()) or "none installed"
         raise ModelFormatError(f"model file not found: {shown(str(path))} (shipped model names: {shipped})")
     try:

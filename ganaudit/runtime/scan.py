@@ -43,6 +43,7 @@ import numpy as np
 from .. import __version__
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.files import WalkStats, display_path, iter_files
+from ..core.atomic import open_plain
 from ..core.listing import is_uri, iter_listing
 from ..core.threads import available_cores, check_threads
 from .uri_files import open_listing_uri, read_uri, stat_uri
@@ -448,6 +449,12 @@ def listed_files(listing: str | os.PathLike, stats: WalkStats) -> Iterator[Any]:
             raise ConfigError(f"--files-from {display_path(name)} is a folder: give it as a path to scan instead") from None
         except OSError as e:
             raise ConfigError(f"--files-from {display_path(name)}: {e.strerror or e}") from None
+        mode = os.fstat(stream.fileno()).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero was read for ever, without a row or an end
+            stream.close()
+            raise ConfigError(
+                f"--files-from {display_path(name)} is a device, not a listing (give a file, a pipe or - for stdin)"
+            )
     return _closing(iter_listing(stream, display_path(name), stats), stream if name != "-" else None)
 
 
@@ -462,7 +469,7 @@ def _closing(items: Iterator[Any], stream: Any) -> Iterator[Any]:
 def _rewrite_jsonl(path: Path, offsets: Sequence[int]) -> None:
     """Rewrite results.jsonl holding exactly the lines at ``offsets``, in that order (atomically)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
+    with open(path, "rb") as src, open_plain(tmp) as dst:
         for off in offsets:
             src.seek(off)
             dst.write(src.readline())
