@@ -154,6 +154,21 @@ def test_uris_of_devices_pipes_and_odd_stores_are_error_rows(tiny_model, tmp_pat
     assert all("not a regular file" in r["error"] for r in got[:2]) and len(got[2]["error"]) < 500
 
 
+def test_spellings_of_one_local_file_uri_are_scanned_once(tiny_model, tree, tmp_path):  # noqa: F811
+    """Found by trying: /../, percent-escapes and // made the same file five rows."""
+    pytest.importorskip("pyarrow.fs")
+    f = digits(tree)[0]
+    uri = f.as_uri()
+    head, name = uri.rsplit("/", 1)
+    spellings = [uri, f"{head}/../{f.parent.name}/{name}", f"{head}/%{ord(name[0]):02x}{name[1:]}",
+                 uri.replace("file:///", "file:////"), str(f)]  # fmt: skip
+    listing = tmp_path / "same.txt"
+    listing.write_text("\n".join(spellings) + "\n")
+    res = scan(tiny_model, tmp_path / "o", "--files-from", listing)
+    assert res.exit_code == 0, res.output
+    assert len(rows(tmp_path / "o")) == 1 and json.loads(res.stdout)["counts"]["duplicates"] == 4
+
+
 def test_an_unreachable_cloud_object_is_an_error_row_within_the_retry_limit(tiny_model, tmp_path, monkeypatch):
     """Found by trying: Google Cloud Storage's client retried one object for 15 minutes, stalling the scan."""
     pytest.importorskip("pyarrow.fs")

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
 
 from .files import Candidate, WalkStats
 
@@ -42,6 +43,15 @@ def _file_key(path: str) -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None  # missing or unreadable: reading it says why
     return (st.st_dev, st.st_ino)
+
+
+def _local_uri_key(uri: str) -> tuple[int, int] | None:
+    """The file key of a ``file://`` URI on this machine, so that its spellings (``/a/../b``, ``%62``, ``//``)
+    and its plain path count as one file; None for any other URI."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost") or parts.query:
+        return None
+    return _file_key(unquote(parts.path))
 
 
 def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
@@ -88,7 +98,7 @@ def iter_listing(stream: BinaryIO, name: str, stats: WalkStats | None = None) ->
                 stats.errors += 1
                 yield Candidate(where, error=f"listing line {number}: a URI must be UTF-8 (percent-encode the rest)")
                 continue
-            key = _uri_key(path)
+            key = _local_uri_key(path) or _uri_key(path)
         else:
             key = _file_key(path) or _uri_key(os.path.abspath(path))
         if key in stats.seen_files:
