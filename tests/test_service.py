@@ -472,6 +472,8 @@ def test_ready_only_after_the_warm_up_batch(detector, digits):
         assert client.get("/v2/health/live").json() == {"live": True}
         r = client.get("/v2/health/ready")
         assert r.status_code == 503 and r.json() == {"ready": False}
+        assert client.head("/v2/health/ready").status_code == 503  # probes that send HEAD (was a 405)
+        assert client.head("/v2/health/live").status_code == 200
         assert client.get("/v2/models/tiny-zeros/ready").json() == {"name": "tiny-zeros", "ready": False}
         assert "ganaudit_ready 0" in scrape(client)
         gated.gate.set()
