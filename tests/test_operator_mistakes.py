@@ -285,3 +285,16 @@ def test_a_tampered_run_directory_is_a_clear_error_for_export_and_audit(tiny_run
         if case == "run-json-list" and args[0] == "audit":
             continue  # the audit reads no provenance
         assert res.exit_code == 2 and message in res.stderr and "internal error" not in res.stderr, (args[0], res.output)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--steps", "0", "steps must be between 1"), ("--lr-g", "-1", "lr-g must be between"),
+     ("--seed", "-1", "seed must be between"), ("--kappa", "nan", "kappa must be a finite number"),
+     ("--checkpoint-every", "0", "checkpoint-every must be between")],
+)  # fmt: skip
+def test_train_options_out_of_range_are_refused_before_any_work(tmp_path, option, value, message):
+    """Found by trying: the last four ended in internal errors (exit 5); --steps 0 made an untrained 'complete' run."""
+    res = run_cli("train", "sklearn:digits", "--out", tmp_path / "run", option, value)
+    assert res.exit_code == 2 and message in res.stderr, res.output
+    assert not (tmp_path / "run").exists()
