@@ -153,13 +153,13 @@ def _check_input_shapes(session: ort.InferenceSession, spec: ModelSpec) -> None:
     """The graph's fixed input sizes agree with the spec's preprocessing (an image [N, C, S, S], crops
     [N, K, C, S, S]): a spec that lies about them would fail every batch instead of the load."""
     p = spec.preprocess
-    want = {"image": (p.channels, p.size, p.size), "crops": (p.channels, p.size, p.size)}
+    want, ndim = (p.channels, p.size, p.size), {"image": 4, "crops": 5}
     for i in session.get_inputs():
-        if i.name not in want:
+        if i.name not in ndim:
             continue
-        tail = list(i.shape[-3:]) if len(i.shape) >= 3 else []
+        tail = tuple(i.shape[-3:])
         fixed = all(isinstance(d, int) for d in tail)
-        if len(i.shape) != (4 if i.name == "image" else 5) or (fixed and tuple(tail) != want[i.name]):
+        if len(i.shape) != ndim[i.name] or (fixed and tail != want):
             raise ModelFormatError(
                 f"model input {i.name!r} has shape {i.shape}, but its spec preprocesses to {p.channels} x {p.size} x "
                 f"{p.size}: re-export the model rather than editing its metadata"

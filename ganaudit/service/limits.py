@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # any authentication) is counted as "other", so a stranger cannot add label series without end.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
+
 def error_body(error: str, detail: str) -> dict[str, str]:
     """The one error shape every route uses."""
     return {"error": error, "detail": detail}

@@ -98,13 +98,7 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         if not self.config.is_file():
             raise ModelFormatError(f"{self.root} is not a ganaudit run directory (no {CONFIG})")
-        try:
-            config = json.loads(self.config.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise ModelFormatError(f"{self.config} is unreadable ({e})") from None
-        if not isinstance(config, dict):
-            raise ModelFormatError(f"{self.config} is not a ganaudit run configuration (not a JSON object)")
-        return config
+        return self._json_object(self.config)
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self.config, json.dumps(config, indent=2))
