@@ -167,8 +167,23 @@ def _decode_reason(message: str) -> str:
 
 def _load(detector: Detector, path: str) -> _Loaded:
     """Read a file once, hash those bytes, decode and preprocess them. Never raises for a bad file."""
+    data, error, size, mtime = _read(path, detector.max_pixels)
+    if data is None:
+        return _Loaded(None, error, size, mtime, None)
+    return _prepare(detector, data, size, mtime)
+
+
+def _read(path: str, max_pixels: int) -> tuple[bytes | None, str | None, int | None, float | None]:
+    """A file's bytes (a local path, or a URI read through pyarrow), or None and why not, with its size and
+    mtime where known. A file too big for an image within ``max_pixels`` is refused unread. Never raises."""
     if is_uri(path):
-        return _load_uri(detector, path)
+        try:
+            meta, data = read_uri(path, max_pixels)
+        except ImageDecodeError as e:
+            return None, str(e), None, None
+        except (OSError, ValueError) as e:  # pyarrow's errors for a store that fails mid-read
+            return None, f"could not read the file: {e}", None, None
+        return data, None, meta.size, meta.mtime
     size: int | None = None
     mtime: float | None = None
     try:
@@ -180,31 +195,19 @@ def _load(detector: Detector, path: str) -> _Loaded:
             raise ImageDecodeError("not a regular file (device, pipe or socket)")
         if st.st_size == 0:
             raise ImageDecodeError("file is empty (0 bytes)")
-        check_file_size(st.st_size, detector.max_pixels)  # refused unread
+        check_file_size(st.st_size, max_pixels)  # refused unread
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read(), None, size, mtime
     except ImageDecodeError as e:
-        return _Loaded(None, str(e), size, mtime, None)
+        return None, str(e), size, mtime
     except FileNotFoundError:
-        return _Loaded(None, "file not found (deleted or moved during the scan?)", size, mtime, None)
+        return None, "file not found (deleted or moved during the scan?)", size, mtime
     except PermissionError:
-        return _Loaded(None, "permission denied (check the file's read permission)", size, mtime, None)
+        return None, "permission denied (check the file's read permission)", size, mtime
     except OSError as e:
-        return _Loaded(None, f"could not read the file: {e.strerror or e}", size, mtime, None)
+        return None, f"could not read the file: {e.strerror or e}", size, mtime
     except ValueError:  # NUL byte or an unencodable name
-        return _Loaded(None, "invalid file name", size, mtime, None)
-    return _prepare(detector, data, size, mtime)
-
-
-def _load_uri(detector: Detector, uri: str) -> _Loaded:
-    """_load for a file named by URI (a listing's entry), read through pyarrow's file systems."""
-    try:
-        meta, data = read_uri(uri, detector.max_pixels)
-    except ImageDecodeError as e:
-        return _Loaded(None, str(e), None, None, None)
-    except (OSError, ValueError) as e:  # pyarrow's errors for a store that fails mid-read
-        return _Loaded(None, f"could not read the file: {e}", None, None, None)
-    return _prepare(detector, data, meta.size, meta.mtime)
+        return None, "invalid file name", size, mtime
 
 
 def _prepare(detector: Detector, data: bytes, size: int | None, mtime: float | None) -> _Loaded:
@@ -571,21 +574,13 @@ def _visual_input(
 ) -> tuple[np.ndarray | None, Prepared | None, str | None]:
     """Decode a flagged file again: (thumbnail, model input, why not shown). Runs in the pool. A file whose
     bytes are no longer those scored (``sha256``) is not shown: the report must never show another picture."""
+    data, error, _, _ = _read(path, detector.max_pixels)
+    if data is None:
+        return None, None, f"not shown: {error}"
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        return None, None, "not shown: the file changed after it was scored"
     try:
-        if is_uri(path):
-            data = read_uri(path, detector.max_pixels)[1]
-        else:
-            check_file_size(os.stat(path).st_size, detector.max_pixels)
-            with open(path, "rb") as f:
-                data = f.read()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            return None, None, "not shown: the file changed after it was scored"
         image = decode(memoryview(data), max_pixels=detector.max_pixels)
-    except ImageDecodeError as e:
-        return None, None, f"not shown: {e}"
-    except (OSError, ValueError) as e:
-        return None, None, f"not shown: could not read the file again ({getattr(e, 'strerror', None) or e})"
-    try:
         # Through Detector.prepare, so the model input is exactly what the scan scored (whatever it holds).
         prepared = detector.prepare(image)
     except ImageDecodeError as e:
