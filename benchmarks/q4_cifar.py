@@ -76,7 +76,7 @@ def pixels(data: list[bytes]) -> np.ndarray:
     return np.stack([decode(b) for b in data]).reshape(len(data), -1).astype(np.float64) / 255.0
 
 
-def dev_study(run: Path, model: Path, others: list[bytes]) -> dict[str, float]:
+def dev_study(run: Path, det: Detector, others: list[bytes]) -> dict[str, float]:
     """Dev-split AUROC of each component, of each CANDIDATES weighting and of the exported model's anomaly
     score (see the module docstring)."""
     from score_levers import z_scorer
@@ -88,7 +88,7 @@ def dev_study(run: Path, model: Path, others: list[bytes]) -> dict[str, float]:
     inputs = np.concatenate([val, preprocess_batch([decode(b) for b in others], cfg.preprocess)])
     dev = z_of(inputs)
     truth = np.r_[np.zeros(len(val)), np.ones(len(others))]
-    shipped = Detector.load(model).run(inputs)["anomaly_score"]
+    shipped = det.run(inputs)["anomaly_score"]
     names = [c.name for c in COMPONENTS][: dev.shape[1]]
     out = {f"dev {n}": float(roc_auc_score(truth, dev[:, i])) for i, n in enumerate(names)}
     for label, w in CANDIDATES.items():
@@ -127,7 +127,7 @@ def run_class(c: int, args: argparse.Namespace, train: tuple, test: tuple, rng: 
     row["ganaudit_tpr_at_threshold"] = float(flags[truth].mean())
     if args.dev:
         others = rng.choice(np.flatnonzero(tr_y != c), DEV_OTHERS, replace=False)
-        row.update(dev_study(args.out / CLASSES[c], model, [tr_data[i] for i in others]))
+        row.update(dev_study(args.out / CLASSES[c], det, [tr_data[i] for i in others]))
     return row
 
 
