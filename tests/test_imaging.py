@@ -230,6 +230,11 @@ def test_arrays_of_every_supported_dtype():
     rgba = np.zeros((1, 1, 4), np.uint8)
     rgba[0, 0] = (200, 100, 50, 255)
     assert tuple(decode(rgba)[0, 0]) == (200, 100, 50)
+    gray_alpha = np.array([[[200, 255], [200, 0]]], np.uint8)
+    assert decode(gray_alpha)[0, :, 0].tolist() == [200, 0]  # alpha composited over black
+    big_endian = np.array([[0, 257 * 100, 65535]], ">u2")
+    assert decode(big_endian)[0, :, 0].tolist() == [0, 100, 255]
+    assert decode(np.array([[0.0, 1.0]], ">f4"))[0, :, 0].tolist() == [0, 255]
 
 
 def test_decode_does_not_modify_its_input():

@@ -359,7 +359,17 @@ def test_api_key_required_when_configured_and_compared_for_both_headers(detector
         # Health, readiness, server metadata and the API docs stay open for probes and browsers.
         open_paths = ["/v2/health/live", "/v2/health/ready", "/v2", "/openapi.json", "/docs"]
         opened = {p: client.get(p).status_code for p in open_paths}
+        heads = {p: client.head(p) for p in open_paths}
+        meta_head_closed = client.head("/v2/models/tiny-zeros")
+        meta_head = client.head("/v2/models/tiny-zeros", headers={"X-API-Key": key})
+        detect_head = client.head("/v1/detect", headers={"X-API-Key": key})
         schema = client.get("/openapi.json").json()
+    # HEAD answers every GET route as GET would, without the body, behind the same key (it was a 405).
+    assert {p: r.status_code for p, r in heads.items()} == opened
+    assert all(r.content == b"" and int(r.headers["content-length"]) > 0 for r in heads.values())
+    assert meta_head.status_code == 200 and meta_head.content == b""
+    assert meta_head_closed.status_code == 401 and meta_head_closed.content == b""
+    assert detect_head.status_code == 405  # POST only
     for r in (missing, wrong, wrong_x, metrics_closed, infer_closed, meta_closed, *ready_closed):
         assert r.status_code == 401 and "tiny-zeros" not in r.text
         assert r.json()["error"] == "unauthorized"

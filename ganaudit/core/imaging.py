@@ -445,6 +445,8 @@ def check_header(data: bytes | bytearray | memoryview, max_pixels: int | None) -
 
 
 def _to_uint8(arr: np.ndarray, strict_float: bool) -> np.ndarray:
+    if not arr.dtype.isnative:  # big-endian data (e.g. from a FITS or TIFF reader)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     dt = arr.dtype
     if dt == np.uint8:
         return arr
@@ -487,7 +489,8 @@ def _normalise(arr: np.ndarray, *, max_pixels: int | None = None, strict_float: 
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise ImageDecodeError(
-            f"unsupported image array shape {arr.shape}: expected HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA)"
+            f"unsupported image array shape {arr.shape}: expected HxW, HxWx1, HxWx2 (gray + alpha), HxWx3 (RGB) "
+            "or HxWx4 (RGBA)"
         )
     height, width = arr.shape[:2]
     if height == 0 or width == 0:
@@ -667,8 +670,8 @@ def decode(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
     ----------
     source
         A path (str, os.PathLike, or ``bytes`` from ``os.fsencode`` naming an existing file), encoded
-        image data (bytes, bytearray, memoryview), or an array: HxW or HxWx1 (gray), HxWx3 (RGB),
-        HxWx4 (RGBA); uint8, uint16, bool, or float in [0, 1].
+        image data (bytes, bytearray, memoryview), or an array: HxW or HxWx1 (gray), HxWx2 (gray +
+        alpha), HxWx3 (RGB), HxWx4 (RGBA); uint8, uint16, bool, or float in [0, 1], in either byte order.
     max_pixels
         Refuse images with more pixels than this (checked from the header, before decoding).
         None disables the limit.

@@ -9,7 +9,7 @@ Routes
 
 Modules: ``state`` (ServiceSettings, Service, the ``get_service`` dependency), ``routes_v1``, ``routes_kserve``
 and ``routes_ops`` (one router per protocol), ``errors`` (ServiceError and the JSON error handlers), ``openapi``,
-``limits`` (auth, body size, timeout and metrics as ASGI middleware), ``batcher``, ``admission``, ``binary``.
+``limits`` (auth, body size, timeout, metrics and HEAD as ASGI middleware), ``batcher``, ``admission``, ``binary``.
 
 Layering: the service imports the runtime (``ganaudit.runtime.detector``) and never torch. Decoding runs on a small
 thread pool, scoring on the micro-batcher's inference thread; the event loop only moves bytes.
@@ -26,7 +26,7 @@ from ..runtime.detector import Detector
 from . import routes_kserve, routes_ops, routes_v1
 from .docs_assets import add_docs_routes
 from .errors import ServiceError, add_error_handlers
-from .limits import ApiKeyAuth, BodySizeLimit, RequestMetrics, RequestTimeout
+from .limits import ApiKeyAuth, BodySizeLimit, HeadAsGet, RequestMetrics, RequestTimeout
 from .openapi import install_openapi
 from .state import OPEN_PATHS, Service, ServiceSettings, is_open_path
 
@@ -72,6 +72,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
     install_openapi(app, api_key=bool(settings.api_key))
 
     # ---------------------------------------------------------------- middleware (last added = outermost)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key, open_paths=is_open_path)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware for the service's hard limits: body size, API key, request timeout, and metrics.
+"""Pure ASGI middleware for the service's hard limits: body size, API key, request timeout, and metrics; and
+HEAD answered as GET without its body.
 
 Each one wraps the next application and answers with the service's JSON error body
 ``{"error": <code>, "detail": <message>}`` itself, before (or instead of) the application.
@@ -184,6 +185,26 @@ class RequestTimeout:
                 send, 504, "timeout",
                 f"the request took longer than {self.timeout_s:g} s (--timeout-s) and was cancelled",
             )  # fmt: skip
+
+
+class HeadAsGet:
+    """Answer HEAD on every GET route (RFC 9110: the GET's status and headers, no body). FastAPI routes
+    answer GET only, so probes and `curl -I` got 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
 class RequestMetrics:

@@ -58,17 +58,6 @@ async def ready(service: Annotated[Service, Depends(get_service)]) -> Response:
     return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
 
-# Probes that send HEAD (`curl -I`, some load balancers) get the status without a body (it was a 405).
-@router.head("/v2/health/live", include_in_schema=False)
-async def live_head() -> Response:
-    return Response(status_code=200)
-
-
-@router.head("/v2/health/ready", include_in_schema=False)
-async def ready_head(service: Annotated[Service, Depends(get_service)]) -> Response:
-    return Response(status_code=200 if service.ready else 503)
-
-
 @router.get(
     "/v2/models/{name}",
     response_model=S.ModelMetadata,
