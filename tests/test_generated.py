@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -14,10 +15,11 @@ from ganaudit.training.datasets import load_dataset, read_idx
 from ganaudit.training.generated import (
     RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, npr_residual, to_uint8,
 )  # fmt: skip
-from ganaudit.core.imaging import native_crops, native_regions, preprocess
+from ganaudit.core.errors import ConfigError, ModelFormatError
+from ganaudit.core.imaging import head_regions, native_crops, native_regions, preprocess, regions_to_input
 from ganaudit.training.nets import Discriminator
 from ganaudit.runtime.detector import Detector
-from ganaudit.core.spec import ModelSpec, PreprocessSpec
+from ganaudit.core.spec import METADATA_KEY, ModelSpec, PreprocessSpec
 from ganaudit.training.train import TrainConfig, load_checkpoint, load_networks, sample
 from ganaudit.training.train import train as run_training
 
@@ -131,7 +133,8 @@ def test_head_training_on_tiny_data_separates_real_from_generated(head_run, mnis
     lines = [json.loads(line) for line in (head_run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 180 and lines[-1]["phase"] == "head" and "h_loss" in lines[-1]
     assert len(list((head_run / "snapshots").glob("G_*.pt"))) == 6
-    assert np.load(head_run / "validation_native.npy").shape[1:] == (4, 16, 16, 1)
+    # 4 native-scale crops and, the 28 px digits being at least 1.41x the 16 px model, 4 of the scale view
+    assert np.load(head_run / "validation_native.npy").shape[1:] == (8, 16, 16, 1)
     cfg, nets, ckpt = load_networks(head_run)
     assert ckpt["step"] == 180 and nets.H is not None
     spec = cfg.preprocess
@@ -270,19 +273,18 @@ def test_export_parity_torch_vs_onnxruntime_on_native_crops(head_run, head_model
     rng = np.random.default_rng(0)
     imgs = [np.kron(im, np.ones((2, 3), np.uint8)) for im in _test_images(mnist_path)[:6]]  # 56x84: larger
     imgs += [rng.integers(0, 256, (40, 40), dtype=np.uint8)] + list(to_uint8(sample(head_run, 3, seed=9)))
-    prepared = [det.prepare(im) for im in imgs]
-    x = np.stack([p.tensor for p in prepared])
-    crops = np.stack([p.crops for p in prepared])
-    ref = torch_outputs(model, x, model.output_names, crops=crops)
-    got = det.run(x, crops)
-    for name in model.output_names:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    for p in [det.prepare(im) for im in imgs]:  # one at a time: large images have the scale view's crops too
+        x, crops = p.tensor[None], p.crops[None]
+        ref = torch_outputs(model, x, model.output_names, crops=crops)
+        got = det.run(x, crops)
+        for name in model.output_names:
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_small_images_feed_one_crop_and_score_as_with_all_of_them(head_run, head_model, mnist_path):
     det = Detector.load(head_model)
     small = list(to_uint8(sample(head_run, 4, seed=5)))  # 16x16: their 4 crops are copies
-    big = np.kron(_test_images(mnist_path)[1], np.ones((2, 2), np.uint8))  # 56x56: 4 different crops
+    big = _test_images(mnist_path)[1][:20, :20]  # 20x20: 4 different crops, too small for the scale view
     fed = []
     real_run = det.session.run
     det.session.run = lambda names, feed: fed.append(feed["crops"].shape[1]) or real_run(names, feed)
@@ -299,7 +301,16 @@ def test_files_with_a_fixed_number_of_crops_still_get_all_of_them(head_run, head
     proto = onnx.load(str(head_model))
     dim = proto.graph.input[1].type.tensor_type.shape.dim[1]
     dim.ClearField("dim_param")
-    dim.dim_value = 4  # as files exported before the crops axis was dynamic
+    dim.dim_value = 4  # as files exported before the crops axis was dynamic (and before the scale view)
+    fixed = tmp_path / "fixed-with-view.onnx"
+    onnx.save(proto, str(fixed))
+    with pytest.raises(ModelFormatError, match="scale_view needs a graph whose 'crops' input takes any number"):
+        Detector.load(fixed)
+    for p in proto.metadata_props:
+        if p.key == METADATA_KEY:
+            spec = json.loads(p.value)
+            del spec["preprocess"]["scale_view"]
+            p.value = json.dumps(spec)
     old = tmp_path / "fixed.onnx"
     onnx.save(proto, str(old))
     det = Detector.load(old)
@@ -314,6 +325,10 @@ def test_detector_scores_large_images_on_their_native_crops(head_run, head_model
     big = np.kron(_test_images(mnist_path)[0], np.ones((3, 3), np.uint8))  # 84x84, 16x16 model
     prepared = det.prepare(big)
     np.testing.assert_array_equal(prepared.crops, native_crops(big, det.spec.preprocess))
+    # 4 native-scale crops, then 4 of the image downscaled to 16 px (the scale view)
+    np.testing.assert_array_equal(prepared.crops[:4], regions_to_input(native_regions(big, det.spec.preprocess), det.spec.preprocess))
+    view = cv2.resize(big, (16, 16), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(prepared.crops[4:], np.repeat(preprocess(view, det.spec.preprocess)[None], 4, 0))
     v = det.detect(big)
     logit = det.run(prepared.tensor[None], prepared.crops[None])["generated_logit"]
     downscaled = det.run(prepared.tensor[None])["generated_logit"]  # the whole image shrunk to 16x16
@@ -321,6 +336,54 @@ def test_detector_scores_large_images_on_their_native_crops(head_run, head_model
     cal = det.spec.calibration["generated"]
     assert v.generated_score == pytest.approx(1 / (1 + np.exp(-(cal["a"] * float(logit[0]) + cal["b"]))), rel=1e-6)
     assert v.generated_flag == (v.generated_score > det.thresholds.generated)
+
+
+def test_scale_view_adds_crops_of_large_images_downscaled_to_the_model_size():
+    view16 = PreprocessSpec(size=16, channels=1, native_crops=4, scale_view=True)
+    rng = np.random.default_rng(4)
+    small = rng.integers(0, 256, (22, 30), dtype=np.uint8)  # short side below 1.41 x 16: native crops only
+    np.testing.assert_array_equal(head_regions(small, view16), native_regions(small, view16))
+    padded = head_regions(small, view16, padded=True)
+    np.testing.assert_array_equal(padded, np.concatenate([native_regions(small, view16)] * 2))
+    wide = rng.integers(0, 256, (24, 60), dtype=np.uint8)  # 1.5 x 16: downscaled to 16 x 40, aspect kept
+    regions = head_regions(wide, view16)
+    assert regions.shape == (8, 16, 16, 1)
+    np.testing.assert_array_equal(regions[:4], native_regions(wide, view16))
+    np.testing.assert_array_equal(regions[4:], native_regions(cv2.resize(wide, (40, 16), interpolation=cv2.INTER_AREA), view16))
+    assert head_regions(wide, SPEC16).shape == (4, 16, 16, 1)  # off: native crops only
+    with pytest.raises(ConfigError, match="scale_view needs native_crops"):
+        PreprocessSpec(size=16, channels=1, native_crops=0, scale_view=True)
+
+
+def test_data_sets_store_the_scale_view_padded_to_one_count(tmp_path):
+    rng = np.random.default_rng(5)
+    for i, side in enumerate((16, 16, 40)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rng.integers(0, 256, (side, side), dtype=np.uint8))
+    data = load_dataset(str(tmp_path), size=16, native_crops=4)
+    assert data.native.shape == (3, 8, 16, 16, 1)
+    small = [i for i, ident in enumerate(data.ids) if not ident.endswith("2.png")]
+    for i in small:  # the 16 px images repeat their crops: the head's mean is the same
+        np.testing.assert_array_equal(data.native[i, 4:], data.native[i, :4])
+    assert load_dataset(str(tmp_path), size=16, native_crops=4, scale_view=False).native.shape[1] == 4
+    (tmp_path / "2.png").unlink()
+    small_only = load_dataset(str(tmp_path), size=16, native_crops=4)
+    assert small_only.native.shape[1] == 4  # no image needs the view: nothing stored twice
+
+
+def test_a_batch_of_small_and_enlarged_images_scores_as_each_alone(head_run, head_model, mnist_path):
+    det = Detector.load(head_model)
+    assert det.spec.preprocess.scale_view
+    digit = _test_images(mnist_path)[2]
+    images = [digit, np.kron(digit, np.ones((2, 2), np.uint8)), to_uint8(sample(head_run, 1, seed=8))[0], digit[:20, :20]]
+    fed = []
+    real_run = det.session.run
+    det.session.run = lambda names, feed: fed.append(feed["crops"].shape[1]) or real_run(names, feed)
+    together = det.detect(images)
+    alone = [det.detect(im) for im in images]
+    assert [v.generated_score for v in together] == pytest.approx([v.generated_score for v in alone], rel=1e-5)
+    assert [v.anomaly_score for v in together] == pytest.approx([v.anomaly_score for v in alone], rel=1e-5)
+    # together: one call per crop count (the 28 and 56 px digits have the view's 8; the others 4)
+    assert fed[:2] == [4, 8] and fed[2:] == [8, 8, 1, 4]
 
 
 def test_thin_images_are_cropped_without_enlarging_them_whole(head_model, mnist_path, monkeypatch):

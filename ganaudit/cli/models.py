@@ -87,7 +87,8 @@ def info(
         f"name:          {d['name']}",
         f"spec hash:     {d['spec_hash']} (format version {d['format_version']})",
         f"input:         {input_text(d['input'])}, fit={d['input']['fit']}"
-        + (f"; generated head: {crops} native-scale crops per image" if crops else ""),
+        + (f"; generated head: {crops} native-scale crops per image" if crops else "")
+        + (f", {crops} more of a large image downscaled to {d['input']['size']} px" if crops and d["scale_view"] else ""),
         f"heads:         {', '.join(d['heads'])}",
         f"outputs:       {', '.join(d['outputs'])}",
         f"anomaly score: {d['scoring']}",

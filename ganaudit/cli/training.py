@@ -87,6 +87,13 @@ def train(
     native_crops: Annotated[
         int, typer.Option(help="Native-scale crops per image scored and averaged by the generated head.")
     ] = 4,
+    scale_view: Annotated[
+        bool,
+        typer.Option(
+            help="The generated head also scores as many crops of each image at least 1.41x the model's size, "
+            "downscaled to it, so enlarged fakes are seen at the scale they were made at (docs/training.md)."
+        ),
+    ] = True,
     head_spectral: Annotated[
         Optional[bool],
         typer.Option(
@@ -156,7 +163,7 @@ def train(
     dataset = load_dataset(
         data, size=size, channels=channels, fit=fit, label=label, labels_file=labels,
         index_range=index_range, progress=progress,
-        native_crops=run_cfg.native_crops if run_cfg.generated_head else 0,
+        native_crops=run_cfg.native_crops if run_cfg.generated_head else 0, scale_view=run_cfg.scale_view,
     )  # fmt: skip
     if main_process:
         typer.echo(f"loaded {len(dataset)} images ({dataset.channels} channel(s), {size}x{size}) from {data}", err=True)

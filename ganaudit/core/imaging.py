@@ -11,6 +11,7 @@ Core layer: imports only numpy, OpenCV, the standard library and ``ganaudit.core
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -797,14 +798,36 @@ def regions_to_input(regions: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.stack([_to_input(r, spec.channels) for r in regions])
 
 
-def native_crops(
-    image: np.ndarray, spec: PreprocessSpec, *, n: int | None = None, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """The generated-image head's input for one image: float32 [n, C, size, size] crops at native scale.
+# An image this many times the model's size (short side) or more is also seen downscaled to the model's size.
+SCALE_VIEW_MIN_RATIO = math.sqrt(2)
 
-    ``regions_to_input(native_regions(...))``: the ONE crop policy, shared by head training and the runtime.
+
+def head_regions(image: np.ndarray, spec: PreprocessSpec, *, padded: bool = False) -> np.ndarray:
+    """Every uint8 crop [k, size, size, C] the generated-image head scores for one image (its logit is their mean).
+
+    The ``spec.native_crops`` crops of :func:`native_regions`; with ``spec.scale_view``, an image whose short side
+    is at least ``SCALE_VIEW_MIN_RATIO`` times the model's size adds as many crops of itself downscaled
+    (INTER_AREA, aspect kept) to a short side of ``size``: a generated image that was enlarged after it was made
+    is then also seen at the scale it was generated at. ``padded`` repeats the native crops in place of the
+    missing view (the same mean), so that every image has the same number of crops (a stored data set).
     """
-    return regions_to_input(native_regions(image, spec, n=n, rng=rng), spec)
+    native = native_regions(image, spec)
+    if not spec.scale_view:
+        return native
+    img = _normalise(image, max_pixels=None)
+    height, width = img.shape[:2]
+    if min(height, width) < SCALE_VIEW_MIN_RATIO * spec.size:
+        return np.concatenate([native, native]) if padded else native
+    f = spec.size / min(height, width)
+    size = (max(spec.size, round(width * f)), max(spec.size, round(height * f)))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
+    return np.concatenate([native, native_regions(small, spec)])
+
+
+def native_crops(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The generated-image head's input for one image: float32 [k, C, size, size], the crops of
+    :func:`head_regions`: the ONE crop policy, shared by head training and the runtime."""
+    return regions_to_input(head_regions(image, spec), spec)
 
 
 def preprocess_batch(images: Iterable[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

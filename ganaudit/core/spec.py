@@ -38,6 +38,8 @@ class PreprocessSpec:
     fit: str = "stretch"
     # Crops scored at native resolution by the generated-image head (0 = head off / whole image).
     native_crops: int = 0
+    # The head also scores as many crops of a large image downscaled to ``size`` (imaging.head_regions).
+    scale_view: bool = False
 
     def __post_init__(self) -> None:
         check_size(self.size)
@@ -47,10 +49,17 @@ class PreprocessSpec:
             raise ConfigError(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
         if not 0 <= self.native_crops <= MAX_NATIVE_CROPS:
             raise ConfigError(f"native_crops must be 0..{MAX_NATIVE_CROPS}, got {self.native_crops}")
+        if self.scale_view and self.native_crops < 1:
+            raise ConfigError("scale_view needs native_crops >= 1 (it adds crops for the generated-image head)")
+
+    @property
+    def stored_crops(self) -> int:
+        """Crops per image in a stored data set (imaging.head_regions with ``padded``)."""
+        return self.native_crops * (2 if self.scale_view else 1)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
-        return cls(**{k: d[k] for k in ("size", "channels", "fit", "native_crops") if k in d})
+        return cls(**{k: d[k] for k in ("size", "channels", "fit", "native_crops", "scale_view") if k in d})
 
 
 @dataclass
@@ -147,6 +156,7 @@ def describe_spec(spec: ModelSpec) -> dict[str, Any]:
         "outputs": list(spec.outputs),
         "input": {"channels": p.channels, "size": p.size, "fit": p.fit},
         "native_crops": p.native_crops if "crops" in spec.inputs else 0,  # crops per image the generated head scores
+        "scale_view": p.scale_view,  # and as many of a large image downscaled to the model's size
         "thresholds": {h: {"value": t.value, "fpr": t.fpr, "n_val": t.n_val} for h, t in spec.thresholds.items()},
         "scoring": describe_scoring(spec.scoring),
         "domain_gate": describe_domain(spec.domain),

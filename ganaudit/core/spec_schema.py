@@ -13,7 +13,9 @@ import json
 import math
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator,
+)
 
 from .errors import ModelFormatError
 
@@ -53,6 +55,7 @@ class PreprocessSchema(_Strict):
     channels: Literal[1, 3]
     fit: Literal["stretch", "center_crop"] = "stretch"
     native_crops: int = Field(0, ge=0, le=16)
+    scale_view: StrictBool = False
 
 
 class ThresholdSchema(_Strict):

@@ -239,6 +239,8 @@ class Detector:
         _check_input_shapes(session, spec)
         if self.uses_crops and spec.preprocess.native_crops < 1:
             raise ModelFormatError("model takes native-scale crops but its spec has preprocess.native_crops = 0")
+        if spec.preprocess.scale_view and not (self.uses_crops and self.crops_axis_free):
+            raise ModelFormatError("preprocess.scale_view needs a graph whose 'crops' input takes any number of crops")
         self.thresholds = self.resolve_thresholds(
             fpr=fpr, anomaly_threshold=anomaly_threshold, generated_threshold=generated_threshold
         )
@@ -417,12 +419,26 @@ class Detector:
         """Score already-prepared images."""
         if not items:
             return []
-        crops = None
-        if self.uses_crops:
-            k = self.spec.preprocess.native_crops
-            crops = np.stack([p.crops if p.crops is not None else np.repeat(p.tensor[None], k, 0) for p in items])
-        out = self.run(np.stack([p.tensor for p in items]), crops)
-        return self._verdicts(items, out, include_map, thresholds or self.thresholds)
+        return self._verdicts(items, self._run_prepared(items), include_map, thresholds or self.thresholds)
+
+    def _run_prepared(self, items: Sequence[Prepared]) -> dict[str, np.ndarray]:
+        """Model outputs for prepared images; images with different numbers of crops (the scale view) are run
+        in one group per count, and the outputs put back in the items' order."""
+        batch = np.stack([p.tensor for p in items])
+        if not self.uses_crops:
+            return self.run(batch)
+        k = self.spec.preprocess.native_crops
+        crops = [p.crops if p.crops is not None else np.repeat(p.tensor[None], k, 0) for p in items]
+        counts = sorted({len(c) for c in crops})
+        if len(counts) == 1:
+            return self.run(batch, np.stack(crops))
+        out: dict[str, np.ndarray] = {}
+        for count in counts:
+            idx = np.array([i for i, c in enumerate(crops) if len(c) == count])
+            part = self.run(batch[idx], np.stack([crops[i] for i in idx]))
+            for name, values in part.items():
+                out.setdefault(name, np.empty((len(items), *values.shape[1:]), values.dtype))[idx] = values
+        return out
 
     def _verdicts(
         self, items: Sequence[Prepared], out: dict[str, np.ndarray], include_map: bool, thr: Thresholds

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.files import display_path, iter_files
-from ..core.imaging import decode, native_regions, preprocess
+from ..core.imaging import decode, head_regions, preprocess
 from ..core.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Dataset:
     labels: np.ndarray | None
     source: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-    # uint8 [N, K, S, S, C] native-scale crops (imaging.native_regions) for the generated-image head, or None.
+    # uint8 [N, k, S, S, C]: the generated-image head's crops of each image (imaging.head_regions), or None.
     native: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -194,18 +194,21 @@ def load_dataset(
     index_range: str | None = None,
     progress: bool = False,
     native_crops: int = 0,
+    scale_view: bool = True,
 ) -> Dataset:
     """Load and preprocess a whole source. ``channels="auto"`` picks 1 if every image is grayscale, else 3.
 
-    With ``native_crops`` K > 0 it also keeps K native-scale crops per image (``Dataset.native``, uint8), cut by
-    the generated-image head's crop policy (training with ``TrainConfig(generated_head=True)`` needs them).
+    With ``native_crops`` K > 0 it also keeps the generated-image head's crops of each image (``Dataset.native``,
+    uint8), cut by its crop policy (imaging.head_regions): K native-scale crops, and with ``scale_view`` K more of
+    each large image downscaled, when the source has one (training with ``TrainConfig(generated_head=True)``
+    needs them).
     """
     skipped: list[str] = []
     items, desc = iter_source(source, label=label, labels_file=labels_file, index_range=index_range, skipped=skipped)
     auto = channels == "auto"
     spec = PreprocessSpec(size=size, channels=3 if auto else int(channels), fit=fit)
     ids, rows, labels, all_gray, natives = [], [], [], True, []
-    crop_spec = PreprocessSpec(size=size, channels=1, native_crops=native_crops) if native_crops else None
+    crop_spec = PreprocessSpec(size=size, channels=1, native_crops=native_crops, scale_view=scale_view) if native_crops else None
     if progress:
         from tqdm import tqdm
 
@@ -216,7 +219,7 @@ def load_dataset(
         rows.append(preprocess(image, spec))
         labels.append(lab)
         if crop_spec is not None:
-            natives.append(native_regions(image, crop_spec))
+            natives.append(head_regions(image, crop_spec))
     if skipped:
         shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         log.warning("skipped %d unreadable file(s): %s", len(skipped), shown)
@@ -232,9 +235,11 @@ def load_dataset(
 
 
 def _stack_native(natives: list[np.ndarray]) -> np.ndarray:
-    """Stack per-image uint8 crops [K, S, S, c]; gray ones are replicated to RGB (exact) if any image is color."""
+    """Stack per-image uint8 crops [k, S, S, c]; gray ones are replicated to RGB (exact) if any image is color.
+    Images without the scale view repeat their crops when others have it (the head's mean is unchanged)."""
     c = max(n.shape[-1] for n in natives)
-    return np.stack([np.repeat(n, c, axis=-1) if n.shape[-1] != c else n for n in natives])
+    k = max(len(n) for n in natives)
+    return np.stack([np.tile(n, (k // len(n), 1, 1, 1 if n.shape[-1] == c else c)) for n in natives])
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,7 @@ class TrainConfig:
     head_aux_steps: int = 400
     head_aux_share: float = 0.5
     native_crops: int = 4
+    scale_view: bool = True  # the head also scores large images downscaled to `size` (imaging.head_regions)
     sample_every: int = 500
     checkpoint_every: int = 500
     log_every: int = 25
@@ -163,7 +164,9 @@ class TrainConfig:
     @property
     def preprocess(self) -> PreprocessSpec:
         crops = self.native_crops if self.generated_head else 0
-        return PreprocessSpec(size=self.size, channels=self.channels, fit=self.fit, native_crops=crops)
+        return PreprocessSpec(
+            size=self.size, channels=self.channels, fit=self.fit, native_crops=crops, scale_view=bool(crops) and self.scale_view
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -172,6 +175,7 @@ class TrainConfig:
         d.setdefault("generated_head", False)  # runs written before the head existed have none
         d.setdefault("rotation", 0.0)  # nor the rotation task or NPR
         d.setdefault("head_npr", False)
+        d.setdefault("scale_view", False)  # runs before the scale view stored native crops only
         if d.get("head_steps") is None and "steps" in d:  # written when the default was a fifth of the GAN steps
             d["head_steps"] = max(1, d["steps"] // 5)
         return cls(**d)
@@ -305,6 +309,21 @@ def load_networks(run_dir: str | Path) -> tuple[TrainConfig, Networks, dict[str,
     return cfg, nets, ckpt
 
 
+def check_head_crops(cfg: TrainConfig, data: Dataset) -> None:
+    """The data set holds the head's crops as the config cuts them (K per image, or 2K with the scale view)."""
+    if not cfg.generated_head:
+        return
+    pre = cfg.preprocess
+    if data.native is None or data.native.shape[1] not in (pre.native_crops, pre.stored_crops):
+        held = "none" if data.native is None else f"{data.native.shape[1]} per image"
+        raise ConfigError(
+            f"the generated-image head needs {pre.native_crops} native-scale crops of each training image"
+            f"{' (or twice as many with the scale view)' if pre.scale_view else ''}, and the data holds {held}: load it "
+            f"with load_dataset(..., native_crops={pre.native_crops}, scale_view={pre.scale_view}), or train with "
+            "--no-generated-head"
+        )
+
+
 def feature_diversity(D: Discriminator, fake: torch.Tensor, real: torch.Tensor) -> float:
     """Mean pairwise D-feature distance of fakes divided by that of reals (about 1 = healthy, << 1 = collapse)."""
     with torch.no_grad():
@@ -339,12 +358,8 @@ class Trainer:
         self.augment_ops = parse_augment(cfg.augment)
         self.step = 0
         self.fixed_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(device)
-        self.native = data.native  # uint8 [N, K, S, S, C] native-scale crops of the training images
-        if cfg.generated_head and self.native is None:
-            raise ConfigError(
-                "the generated-image head needs native-scale crops of the training images: load the data with "
-                "load_dataset(..., native_crops=K), or train with --no-generated-head"
-            )
+        self.native = data.native  # uint8 [N, k, S, S, C]: the head's crops of the training images
+        check_head_crops(cfg, data)
         self.opt_h: torch.optim.Optimizer | None = None
         self.pool: np.ndarray | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -680,11 +695,7 @@ def prepare_run(
     run = RunDir(run_dir)
     if run.checkpoint.exists():
         raise ConfigError(f"{run_dir} already holds a training run: pass --resume to continue it, or pick another --out")
-    if cfg.generated_head and data.native is None:
-        raise ConfigError(
-            "the generated-image head needs native-scale crops of the training images: load the data with "
-            "load_dataset(..., native_crops=K), or train with --no-generated-head"
-        )
+    check_head_crops(cfg, data)
     train_idx, val_idx = split_validation(len(data), cfg.val_fraction, cfg.seed)
     if len(train_idx) == 0:
         raise ConfigError(f"only {len(data)} image(s): too few to train on")
