@@ -57,25 +57,25 @@ def main() -> int:
     ap.add_argument("--variants", default="600,1800,3600,6000", help="head steps to try, comma-separated")
     ap.add_argument("--augment-prob", type=float, default=generated.AUGMENT_PROB,
                     help="probability of each training degradation (resize, blur, JPEG)")  # fmt: skip
-    ap.add_argument("--resize-min", type=float, default=generated.RESIZE_SCALE[0],
-                    help="smallest training resize factor (the largest stays %g)" % generated.RESIZE_SCALE[1])  # fmt: skip
+    ap.add_argument("--resize-min", type=float, default=generated.RESIZE_SCALE[0], help="smallest training resize factor")
+    ap.add_argument("--resize-max", type=float, default=generated.RESIZE_SCALE[1], help="largest training resize factor")
     ap.add_argument("--head-lr", type=float, default=None, help="the head's learning rate (default: the run's)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ganaudit-q2-levers"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
     generated.AUGMENT_PROB = args.augment_prob
-    generated.RESIZE_SCALE = (args.resize_min, generated.RESIZE_SCALE[1])
+    generated.RESIZE_SCALE = (args.resize_min, args.resize_max)
     cfg = load_config(args.run)
     data = load_dataset(str(MNIST), size=cfg.size, index_range=args.index_range, native_crops=cfg.native_crops,
-                        progress=False)  # fmt: skip
+                        scale_view=cfg.scale_view, progress=False)  # fmt: skip
     ids = RunDir(args.run).read_info()["validation_ids"]
     source = read_idx(MNIST)
     reals = [source[int(i.rsplit("[", 1)[1].rstrip("]"))] for i in ids][:N_DEV]  # ids hold source indices
     fakes = sample_u8(args.run, N_DEV, seed=4242)
     rows = {}
     for steps in [int(s) for s in args.variants.split(",")]:
-        name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}" + (f"-lr{args.head_lr:g}" if args.head_lr else "")
+        name = f"head{steps}-p{args.augment_prob:g}-r{args.resize_min:g}-{args.resize_max:g}" + (f"-lr{args.head_lr:g}" if args.head_lr else "")
         model = retrain(args.run, args.work / name, steps, data, args.head_lr)
         det = Detector.load(model, threads=1, domain_gate=False)
         thr = det.thresholds.generated
@@ -83,7 +83,7 @@ def main() -> int:
         rows[name] = res
         c = res["clean"]
         drops = " / ".join(f"{c['auroc'] - res[k]['auroc']:.3f}" for k in PERTURBATIONS)
-        print(f"| {steps} | {args.head_lr or cfg.head_lr:g} | {args.augment_prob:g} | {args.resize_min:g} | {c['auroc']:.3f} | {c['acc_shipped']:.3f} / {c['acc_best']:.3f} | {drops} |", flush=True)
+        print(f"| {steps} | {args.head_lr or cfg.head_lr:g} | {args.augment_prob:g} | {args.resize_min:g}-{args.resize_max:g} | {c['auroc']:.3f} | {c['acc_shipped']:.3f} / {c['acc_best']:.3f} | {drops} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

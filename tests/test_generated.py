@@ -94,6 +94,8 @@ def test_augment_changes_quality_and_scale_within_the_documented_ranges():
     lo, hi = RESIZE_SCALE
     assert min(sizes) >= round(32 * lo) and max(sizes) <= round(32 * hi) and min(sizes) < 16 and len(sizes) > 5
     assert changed > 20  # blur / JPEG without resizing
+    wider = {augment(img, rng, resize_max=3.0).shape[0] for _ in range(200)}  # colour images' range
+    assert max(wider) <= 96 and max(wider) > round(32 * hi)
 
 
 def test_spectral_branch_finds_the_frequency_of_a_grating():

@@ -308,7 +308,10 @@ def test_rotation_task_and_npr_are_on_by_default_for_colour_photographs_only(tmp
     res = run_cli("train", folder, "--out", tmp_path / "rgb", *args)
     assert res.exit_code == 0, res.output
     rgb, grey = RunDir(tmp_path / "rgb").read_config(), RunDir(tiny_run).read_config()  # grey: MNIST, same defaults
-    assert rgb["rotation"] == 1.0 and rgb["head_npr"] is True
-    assert grey["rotation"] == 0.0 and grey["head_npr"] is False
-    off = run_cli("train", folder, "--out", tmp_path / "off", "--rotation", "0", *args)
+    assert rgb["rotation"] == 1.0 and rgb["head_npr"] is True and rgb["head_resize_max"] == 3.0
+    assert grey["rotation"] == 0.0 and grey["head_npr"] is False and grey["head_resize_max"] == 2.0
+    off = run_cli("train", folder, "--out", tmp_path / "off", "--rotation", "0", "--head-resize-max", "2", *args)
     assert off.exit_code == 0 and RunDir(tmp_path / "off").read_config()["rotation"] == 0.0
+    assert RunDir(tmp_path / "off").read_config()["head_resize_max"] == 2.0
+    bad = run_cli("train", folder, "--out", tmp_path / "bad", "--head-resize-max", "0.1", *args)
+    assert bad.exit_code == 2 and "head_resize_max" in bad.output.replace("-", "_")

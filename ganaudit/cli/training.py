@@ -109,6 +109,14 @@ def train(
             "two [default: on for colour images, off for greyscale ones; with --retrain-head: as the run had it]."
         ),
     ] = None,
+    head_resize_max: Annotated[
+        Optional[float],
+        typer.Option(
+            help="The largest factor by which the generated head's training images are resized (log-uniform from "
+            "0.35; JPEG and blur are the other degradations) [default: 3 for colour images, 2 for greyscale ones; "
+            "with --retrain-head: as the run had it]."
+        ),
+    ] = None,
     head_aux: Annotated[
         str,
         typer.Option(
@@ -175,6 +183,7 @@ def train(
                 run_cfg, head_steps=head_steps, head_aux=cfg.head_aux, head_aux_steps=head_aux_steps,
                 head_spectral=run_cfg.head_spectral if head_spectral is None else head_spectral,
                 head_npr=run_cfg.head_npr if head_npr is None else head_npr,
+                head_resize_max=run_cfg.head_resize_max if head_resize_max is None else head_resize_max,
             )  # fmt: skip
         run_training(
             cfg, dataset, out, resume=resume, device=device, data_options=options, progress=progress,
@@ -203,7 +212,7 @@ def config_from_options(options: dict[str, Any]) -> Any:
     given = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
     given["channels"] = 1 if given["channels"] == "auto" else int(given["channels"])
     # Unset (None) head options take TrainConfig's default here; --retrain-head keeps the run's own (in train).
-    for name in ("head_spectral", "head_npr"):
+    for name in ("head_spectral", "head_npr", "head_resize_max"):
         if given[name] is None:
             del given[name]
     return TrainConfig(**given)

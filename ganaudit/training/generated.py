@@ -9,7 +9,7 @@ Training layer (torch). The head sees images at native scale through the ONE cro
   of D's shape reads only the upsampling residual of :func:`npr_residual`; each branch is trained on its own,
   and the head's logit is the larger of the two.
 * The fake pool mixes generator snapshots saved during GAN training, the EMA generator and reconstructions
-  G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x)
+  G(E(x)); :func:`augment` degrades real and fake images alike (JPEG 30-100, blur sigma 0-2, resize 0.35-2x or 0.35-3x)
   so that format or quality cannot give the answer.
 * :func:`held_out_logits` scores real validation images and fresh fakes that the head never trained on;
   export fits the calibration and the threshold on them.
@@ -36,6 +36,9 @@ N_SNAPSHOTS = 6
 JPEG_QUALITY = (30, 100)
 BLUR_SIGMA = (0.0, 2.0)
 RESIZE_SCALE = (0.35, 2.0)  # below 0.5: halved images were the weak spot (docs/benchmarks.md, Q2)
+# The largest factor for colour images: enlarged photographs were the weak spot of the 2x range (Q2b, CIFAR-10
+# development split); on digits 3x did not help (Q2, MNIST development split).
+RESIZE_MAX_COLOUR = 3.0
 AUGMENT_PROB = 0.5
 
 
@@ -156,12 +159,14 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.rint((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random degradation applied to real and generated images alike: each of resize (0.35-2x, random
-    interpolation), Gaussian blur (sigma 0-2) and JPEG (quality 30-100) with probability 1/2, in that order."""
+def augment(img: np.ndarray, rng: np.random.Generator, resize_max: float | None = None) -> np.ndarray:
+    """Random degradation applied to real and generated images alike: each of resize (0.35 to ``resize_max``,
+    default RESIZE_SCALE's 2x, log-uniform, random interpolation), Gaussian blur (sigma 0-2) and JPEG (quality
+    30-100) with probability 1/2, in that order."""
     out = img
     if rng.random() < AUGMENT_PROB:
-        f = float(np.exp(rng.uniform(np.log(RESIZE_SCALE[0]), np.log(RESIZE_SCALE[1]))))
+        hi = RESIZE_SCALE[1] if resize_max is None else resize_max
+        f = float(np.exp(rng.uniform(np.log(RESIZE_SCALE[0]), np.log(hi))))
         h, w = out.shape[:2]
         interp = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)[int(rng.integers(3))]
         out = cv2.resize(out, (max(1, round(w * f)), max(1, round(h * f))), interpolation=interp)
@@ -179,9 +184,11 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def training_crops(images: list[np.ndarray], spec: PreprocessSpec, rng: np.random.Generator) -> np.ndarray:
+def training_crops(
+    images: list[np.ndarray], spec: PreprocessSpec, rng: np.random.Generator, resize_max: float | None = None
+) -> np.ndarray:
     """Augment each uint8 image, then cut one crop at a random origin with the shared crop policy."""
-    regions = np.concatenate([native_regions(augment(im, rng), spec, n=1, rng=rng) for im in images])
+    regions = np.concatenate([native_regions(augment(im, rng, resize_max), spec, n=1, rng=rng) for im in images])
     return regions_to_input(regions, spec)
 
 

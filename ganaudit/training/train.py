@@ -31,7 +31,8 @@ from .datasets import Dataset, split_validation
 from ..core.errors import ConfigError, ModelFormatError
 from ..core.grid import encode_png, make_grid
 from .generated import (
-    GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every, training_crops,
+    RESIZE_MAX_COLOUR, RESIZE_SCALE, GeneratedHead, PoolSources, fake_pool, load_snapshots, snapshot_every,
+    training_crops,
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
 from ..core.layout import alignment, is_stationary
@@ -49,7 +50,7 @@ HEAD_STEPS_PER_GAN_STEP = 4
 # torch runs the current step; a batch depends only on its step, so the result is the same either way.
 HEAD_PREFETCH = True
 MODE_COLLAPSE_RATIO = 0.5
-HEAD_RETRAIN_OPTIONS = ("head_lr", "head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr")  # --retrain-head takes these anew
+HEAD_RETRAIN_OPTIONS = ("head_lr", "head_aux", "head_aux_steps", "head_aux_share", "head_spectral", "head_npr", "head_resize_max")  # --retrain-head takes these anew
 PHASE_NAMES = {"gan": "GAN", "encoder": "encoder", "head": "generated head"}
 
 
@@ -97,6 +98,8 @@ class TrainConfig:
     head_pool: int = 4096
     head_spectral: bool = True
     head_npr: bool | None = None  # None (auto, resolved by `train`): on for colour images (see resolve_auto)
+    # The head's largest training resize factor; None (auto): 3 for colour images, 2 for greyscale ones
+    head_resize_max: float | None = None
     # Auxiliary generators of other families in the head's fake pool (aux_generators.py): "" / "none", "all",
     # or a comma list; they take head_aux_share of the pool and train head_aux_steps steps each.
     head_aux: str = ""
@@ -175,6 +178,7 @@ class TrainConfig:
         d.setdefault("generated_head", False)  # runs written before the head existed have none
         d.setdefault("rotation", 0.0)  # nor the rotation task or NPR
         d.setdefault("head_npr", False)
+        d.setdefault("head_resize_max", RESIZE_SCALE[1])  # runs before the option had the 2x range
         d.setdefault("scale_view", False)  # runs before the scale view stored native crops only
         if d.get("head_steps") is None and "steps" in d:  # written when the default was a fifth of the GAN steps
             d["head_steps"] = max(1, d["steps"] // 5)
@@ -194,7 +198,7 @@ _BOUNDS = (
     ("lr_g", 1e-12, 10.0), ("lr_d", 1e-12, 10.0), ("lr_e", 1e-12, 10.0), ("head_lr", 1e-12, 10.0),
     ("kappa", 0.0, 1e6), ("r1", 0.0, 1e6), ("gp", 0.0, 1e6), ("instance_noise", 0.0, 100.0),
     ("sample_every", 1, 10**9), ("checkpoint_every", 1, 10**9), ("log_every", 1, 10**9), ("n_critic", 1, 100),
-    ("head_pool", 1, 10**7), ("steps", 1, 10**9),  # 0 GAN steps gave a "complete" run of an untrained GAN
+    ("head_pool", 1, 10**7), ("steps", 1, 10**9), ("head_resize_max", 0.35, 16.0),  # 0 GAN steps gave a "complete" run of an untrained GAN
 )  # fmt: skip
 
 AUTO_ROTATION = 1.0  # the rotation weight auto chooses for colour photographs (Q4's lever study)
@@ -211,7 +215,9 @@ def resolve_auto(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     * ``rotation``: AUTO_ROTATION for colour images that are not textures (photographs have a way up), 0 for
       greyscale images and textures;
     * ``head_npr``: on for colour images (upsampling traces in photographs), off for greyscale ones (on digits
-      the residual is mostly stroke edges, and it lost on MNIST's development split)."""
+      the residual is mostly stroke edges, and it lost on MNIST's development split);
+    * ``head_resize_max``: 3x for colour images (enlarged photographs were the head's weak spot), 2x for
+      greyscale ones (3x did not help on MNIST's development split)."""
     colour = data.channels == 3
     if cfg.rotation is None:
         on = colour and not _looks_stationary(data)
@@ -220,6 +226,8 @@ def resolve_auto(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         cfg = replace(cfg, rotation=AUTO_ROTATION if on else 0.0)
     if cfg.head_npr is None:
         cfg = replace(cfg, head_npr=colour)
+    if cfg.head_resize_max is None:
+        cfg = replace(cfg, head_resize_max=RESIZE_MAX_COLOUR if colour else RESIZE_SCALE[1])
     return cfg
 
 
@@ -544,7 +552,7 @@ class Trainer:
         n = self.local_batch
         reals = [native[i, k] for i, k in zip(rng.integers(len(native), size=n), rng.integers(native.shape[1], size=n))]
         fakes = [pool[i] for i in rng.integers(len(pool), size=n)]
-        return training_crops(reals + fakes, cfg.preprocess, rng)
+        return training_crops(reals + fakes, cfg.preprocess, rng, cfg.head_resize_max)
 
     def _take_head_batch(self) -> np.ndarray:
         """This step's crops (made during the previous step when it was prefetched); starts the next step's."""
