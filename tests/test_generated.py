@@ -370,6 +370,11 @@ def test_data_sets_store_the_scale_view_padded_to_one_count(tmp_path):
     (tmp_path / "2.png").unlink()
     small_only = load_dataset(str(tmp_path), size=16, native_crops=4)
     assert small_only.native.shape[1] == 4  # no image needs the view: nothing stored twice
+    # crops cut another way than the config says are refused before training, even when their count fits
+    cfg = TrainConfig(size=16, width=8, z_dim=8, steps=2, encoder_steps=1, generated_head=True, head_steps=1,
+                      batch_size=2, native_crops=8)
+    with pytest.raises(ConfigError, match="cut with native_crops=4, scale_view=True"):
+        run_training(cfg, data, tmp_path / "run", progress=False)
 
 
 def test_a_batch_of_small_and_enlarged_images_scores_as_each_alone(head_run, head_model, mnist_path):

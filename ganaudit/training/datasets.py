@@ -40,6 +40,8 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     # uint8 [N, k, S, S, C]: the generated-image head's crops of each image (imaging.head_regions), or None.
     native: np.ndarray | None = None
+    # How ``native`` was cut: (native_crops, scale_view), or None when unknown.
+    crop_policy: tuple[int, bool] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,7 +57,10 @@ class Dataset:
     def subset(self, idx: np.ndarray) -> "Dataset":
         labels = None if self.labels is None else self.labels[idx]
         native = None if self.native is None else self.native[idx]
-        return Dataset(self.images[idx], [self.ids[i] for i in idx], labels, dict(self.source), native=native)
+        return Dataset(
+            self.images[idx], [self.ids[i] for i in idx], labels, dict(self.source), native=native,
+            crop_policy=self.crop_policy,
+        )  # fmt: skip
 
 
 def parse_index_range(text: str | None) -> tuple[int, int | None]:
@@ -231,7 +236,8 @@ def load_dataset(
         images = np.ascontiguousarray(images[:, :1])
     lab_arr = None if labels[0] is None else np.asarray(labels, dtype=np.int64)
     native = _stack_native(natives) if natives else None
-    return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped, native)
+    policy = (native_crops, scale_view) if native is not None else None
+    return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped, native, policy)
 
 
 def _stack_native(natives: list[np.ndarray]) -> np.ndarray:

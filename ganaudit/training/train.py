@@ -322,8 +322,12 @@ def check_head_crops(cfg: TrainConfig, data: Dataset) -> None:
     if not cfg.generated_head:
         return
     pre = cfg.preprocess
-    if data.native is None or data.native.shape[1] not in (pre.native_crops, pre.stored_crops):
+    policy = data.crop_policy
+    mismatch = policy is not None and tuple(policy) != (pre.native_crops, pre.scale_view)
+    if mismatch or data.native is None or data.native.shape[1] not in (pre.native_crops, pre.stored_crops):
         held = "none" if data.native is None else f"{data.native.shape[1]} per image"
+        if policy is not None:
+            held += f" (cut with native_crops={policy[0]}, scale_view={policy[1]})"
         raise ConfigError(
             f"the generated-image head needs {pre.native_crops} native-scale crops of each training image"
             f"{' (or twice as many with the scale view)' if pre.scale_view else ''}, and the data holds {held}: load it "
