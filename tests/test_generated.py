@@ -16,7 +16,9 @@ from ganaudit.training.generated import (
     RESIZE_SCALE, GeneratedHead, SpectralBranch, augment, crops_of, head_logits, npr_residual, to_uint8,
 )  # fmt: skip
 from ganaudit.core.errors import ConfigError, ModelFormatError
-from ganaudit.core.imaging import head_regions, native_crops, native_regions, preprocess, regions_to_input
+from ganaudit.core.imaging import (
+    head_regions, native_crops, native_regions, preprocess, regions_to_input, stack_head_regions,
+)  # fmt: skip
 from ganaudit.training.nets import Discriminator
 from ganaudit.runtime.detector import Detector
 from ganaudit.core.spec import METADATA_KEY, ModelSpec, PreprocessSpec
@@ -345,11 +347,12 @@ def test_scale_view_adds_crops_of_large_images_downscaled_to_the_model_size():
     rng = np.random.default_rng(4)
     small = rng.integers(0, 256, (22, 30), dtype=np.uint8)  # short side below 1.41 x 16: native crops only
     np.testing.assert_array_equal(head_regions(small, view16), native_regions(small, view16))
-    padded = head_regions(small, view16, padded=True)
-    np.testing.assert_array_equal(padded, np.concatenate([native_regions(small, view16)] * 2))
     wide = rng.integers(0, 256, (24, 60), dtype=np.uint8)  # 1.5 x 16: downscaled to 16 x 40, aspect kept
     regions = head_regions(wide, view16)
     assert regions.shape == (8, 16, 16, 1)
+    # stacked beside a large image, the small one repeats its crops (the same mean)
+    padded = stack_head_regions([head_regions(small, view16), regions])[0]
+    np.testing.assert_array_equal(padded, np.concatenate([native_regions(small, view16)] * 2))
     np.testing.assert_array_equal(regions[:4], native_regions(wide, view16))
     np.testing.assert_array_equal(regions[4:], native_regions(cv2.resize(wide, (40, 16), interpolation=cv2.INTER_AREA), view16))
     assert head_regions(wide, SPEC16).shape == (4, 16, 16, 1)  # off: native crops only

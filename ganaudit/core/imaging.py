@@ -802,26 +802,32 @@ def regions_to_input(regions: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 SCALE_VIEW_MIN_RATIO = math.sqrt(2)
 
 
-def head_regions(image: np.ndarray, spec: PreprocessSpec, *, padded: bool = False) -> np.ndarray:
+def head_regions(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Every uint8 crop [k, size, size, C] the generated-image head scores for one image (its logit is their mean).
 
     The ``spec.native_crops`` crops of :func:`native_regions`; with ``spec.scale_view``, an image whose short side
     is at least ``SCALE_VIEW_MIN_RATIO`` times the model's size adds as many crops of itself downscaled
     (INTER_AREA, aspect kept) to a short side of ``size``: a generated image that was enlarged after it was made
-    is then also seen at the scale it was generated at. ``padded`` repeats the native crops in place of the
-    missing view (the same mean), so that every image has the same number of crops (a stored data set).
+    is then also seen at the scale it was generated at.
     """
-    native = native_regions(image, spec)
-    if not spec.scale_view:
-        return native
     img = _normalise(image, max_pixels=None)
+    native = native_regions(img, spec)
     height, width = img.shape[:2]
-    if min(height, width) < SCALE_VIEW_MIN_RATIO * spec.size:
-        return np.concatenate([native, native]) if padded else native
+    if not spec.scale_view or min(height, width) < SCALE_VIEW_MIN_RATIO * spec.size:
+        return native
     f = spec.size / min(height, width)
     size = (max(spec.size, round(width * f)), max(spec.size, round(height * f)))
     small = cv2.resize(img, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
     return np.concatenate([native, native_regions(small, spec)])
+
+
+def stack_head_regions(regions: list[np.ndarray]) -> np.ndarray:
+    """Stack several images' :func:`head_regions` [k, S, S, c] into one uint8 array [N, k, S, S, c]. Gray crops
+    are replicated to RGB (exact) if any image is colour; an image without the scale view repeats its crops
+    when others have it, which leaves the head's mean unchanged."""
+    c = max(r.shape[-1] for r in regions)
+    k = max(len(r) for r in regions)
+    return np.stack([np.tile(r, (k // len(r), 1, 1, 1 if r.shape[-1] == c else c)) for r in regions])
 
 
 def native_crops(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

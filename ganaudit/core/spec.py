@@ -54,8 +54,12 @@ class PreprocessSpec:
 
     @property
     def stored_crops(self) -> int:
-        """Crops per image in a stored data set (imaging.head_regions with ``padded``)."""
+        """Crops per image in a stored data set (imaging.stack_head_regions) that holds a large image."""
         return self.native_crops * (2 if self.scale_view else 1)
+
+    def holds_crops(self, k: int) -> bool:
+        """Whether ``k`` stored crops per image fit this policy (K: no image needed the scale view)."""
+        return k in (self.native_crops, self.stored_crops)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.files import display_path, iter_files
-from ..core.imaging import decode, head_regions, preprocess
+from ..core.imaging import decode, head_regions, preprocess, stack_head_regions
 from ..core.spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -235,17 +235,9 @@ def load_dataset(
     if auto and all_gray:
         images = np.ascontiguousarray(images[:, :1])
     lab_arr = None if labels[0] is None else np.asarray(labels, dtype=np.int64)
-    native = _stack_native(natives) if natives else None
+    native = stack_head_regions(natives) if natives else None
     policy = (native_crops, scale_view) if native is not None else None
     return Dataset(images, ids, lab_arr, {**desc, "count": len(ids)}, skipped, native, policy)
-
-
-def _stack_native(natives: list[np.ndarray]) -> np.ndarray:
-    """Stack per-image uint8 crops [k, S, S, c]; gray ones are replicated to RGB (exact) if any image is color.
-    Images without the scale view repeat their crops when others have it (the head's mean is unchanged)."""
-    c = max(n.shape[-1] for n in natives)
-    k = max(len(n) for n in natives)
-    return np.stack([np.tile(n, (k // len(n), 1, 1, 1 if n.shape[-1] == c else c)) for n in natives])
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

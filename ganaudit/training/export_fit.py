@@ -90,7 +90,7 @@ def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
     """The validation images' native-scale crops as the graph's ``crops`` input [N, K, C, S, S]."""
     run = RunDir(run_dir)
     regions, path = run.load_validation_native(), run.validation_native
-    if regions.shape[1] not in (pre.native_crops, pre.stored_crops):  # K: no image needed the scale view
+    if not pre.holds_crops(regions.shape[1]):
         raise ModelFormatError(
             f"{path} holds {regions.shape[1]} crops per image but the run is configured for {pre.stored_crops}"
         )

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.imaging import head_regions, native_regions, regions_to_input
+from ..core.imaging import head_regions, native_regions, regions_to_input, stack_head_regions
 from .nets import Discriminator, Encoder, Generator
 from .rundir import RunDir
 from ..core.spec import PreprocessSpec
@@ -270,5 +270,5 @@ def head_logits(head: GeneratedHead, crops: np.ndarray, batch: int = 512) -> np.
 
 
 def crops_of(images_u8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The runtime's crops [N, k, C, S, S] of uint8 NHWC images (the shared crop policy, padded to one k)."""
-    return np.stack([regions_to_input(head_regions(im, spec, padded=True), spec) for im in images_u8])
+    """The runtime's crops [N, k, C, S, S] of uint8 NHWC images (the shared crop policy, stacked to one k)."""
+    return np.stack([regions_to_input(r, spec) for r in stack_head_regions([head_regions(im, spec) for im in images_u8])])

@@ -198,7 +198,8 @@ _BOUNDS = (
     ("lr_g", 1e-12, 10.0), ("lr_d", 1e-12, 10.0), ("lr_e", 1e-12, 10.0), ("head_lr", 1e-12, 10.0),
     ("kappa", 0.0, 1e6), ("r1", 0.0, 1e6), ("gp", 0.0, 1e6), ("instance_noise", 0.0, 100.0),
     ("sample_every", 1, 10**9), ("checkpoint_every", 1, 10**9), ("log_every", 1, 10**9), ("n_critic", 1, 100),
-    ("head_pool", 1, 10**7), ("steps", 1, 10**9), ("head_resize_max", 0.35, 16.0),  # 0 GAN steps gave a "complete" run of an untrained GAN
+    ("head_pool", 1, 10**7), ("head_resize_max", 0.35, 16.0),
+    ("steps", 1, 10**9),  # 0 GAN steps gave a "complete" run of an untrained GAN
 )  # fmt: skip
 
 AUTO_ROTATION = 1.0  # the rotation weight auto chooses for colour photographs (Q4's lever study)
@@ -324,7 +325,7 @@ def check_head_crops(cfg: TrainConfig, data: Dataset) -> None:
     pre = cfg.preprocess
     policy = data.crop_policy
     mismatch = policy is not None and tuple(policy) != (pre.native_crops, pre.scale_view)
-    if mismatch or data.native is None or data.native.shape[1] not in (pre.native_crops, pre.stored_crops):
+    if mismatch or data.native is None or not pre.holds_crops(data.native.shape[1]):
         held = "none" if data.native is None else f"{data.native.shape[1]} per image"
         if policy is not None:
             held += f" (cut with native_crops={policy[0]}, scale_view={policy[1]})"
