@@ -194,6 +194,37 @@ def test_folder_labels_from_csv_and_unreadable_files_are_left_out(tmp_path, mnis
     assert r["verdicts"]["memorisation"]["tripped"] is None  # no held-out images: not judged
 
 
+def _write_bytes(data: bytes):
+    return lambda path: path.write_bytes(data)
+
+
+def _save(array: np.ndarray, allow_pickle: bool = False):
+    return lambda path: np.save(path, array, allow_pickle=allow_pickle)
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (_save(np.array([{"a": 1}], dtype=object), allow_pickle=True), "not a readable .npy array"),
+        (_write_bytes(b"\x93NUMPY\x01\x00\xff\xff{'descr': '<f4', 'fortran_order': False, 'shape': (9"), "not a readable"),
+        (_write_bytes(b"not an array"), "not a readable .npy array"),
+        (_save(np.zeros((4, 16, 16), np.float32)), "not float images [N, 1 or 3, 16, 16]"),
+        (_save(np.zeros((4, 2, 16, 16), np.float32)), "not float images"),
+        (_save(np.zeros((4, 1, 16, 16), np.uint8)), "uint8"),
+        (_save(np.zeros((4, 1, 28, 28), np.float32)), "this audit compares images at 16x16"),
+        (_save(np.full((4, 1, 16, 16), np.nan, np.float32)), "NaN or infinite"),
+        (_save(np.zeros((0, 1, 16, 16), np.float32)), "holds no images"),
+    ],
+    ids=["pickle", "lying-header", "not-npy", "3-d", "2-channels", "uint8", "28px", "nan", "empty"],
+)
+def test_a_hostile_npy_image_set_is_a_clear_error(tmp_path, mnist_path, write, message):
+    """A .npy set is read without pickles, and checked before any network sees it: one line, exit 2."""
+    write(tmp_path / "g.npy")
+    res = _audit(tmp_path, str(tmp_path / "g.npy"), _mnist(mnist_path, 0, 300), _mnist(mnist_path, 300, 600))[0]
+    assert res.exit_code == 2 and message in res.stderr and str(tmp_path / "g.npy") in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path, mnist_path):
     res = run_cli("audit", "gan", tmp_path / "nope", "--reference", _mnist(mnist_path, 0, 100), "--no-progress")
     assert res.exit_code == 2 and res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) == 1

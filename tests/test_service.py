@@ -382,6 +382,41 @@ def test_api_key_required_when_configured_and_compared_for_both_headers(detector
     assert "security" not in schema["paths"]["/v2/health/ready"]["get"]
 
 
+def test_head_answers_carry_no_body_from_any_layer(detector):
+    """At the ASGI level, not only after uvicorn: HEAD gets no body bytes, also from the 401 and 413 that the
+    limits answer before any route (they used to carry their JSON body)."""
+    app = create_app(detector, ServiceSettings(api_key="k" * 32, max_upload_mb=0.001))
+
+    async def head(path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "HEAD",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": headers, "client": ("127.0.0.1", 1), "server": ("service", 80)}  # fmt: skip
+        await app(scope, receive, send)
+        return sent
+
+    async def probes() -> dict[str, list[dict[str, Any]]]:
+        return {
+            "unauthorised": await head("/v2/models/tiny-zeros", []),
+            "too large": await head("/v2/health/live", [(b"content-length", b"5000")]),
+            "open": await head("/v2/health/live", []),
+        }
+
+    for name, sent in asyncio.run(probes()).items():
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        headers = dict(start["headers"])
+        assert start["status"] == {"unauthorised": 401, "too large": 413, "open": 200}[name], name
+        assert int(headers[b"content-length"]) > 0, name  # the GET's length, as RFC 9110 allows
+        assert b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body") == b"", name
+
+
 def test_no_api_key_configured_means_no_auth(detector, digits):
     with served(detector) as client:
         assert client.post("/v1/detect", files=multipart(digits["zeros"][:1])).status_code == 200

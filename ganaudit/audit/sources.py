@@ -19,6 +19,7 @@ import numpy as np
 
 from ..training.datasets import load_dataset
 from ..core.errors import ConfigError
+from ..core.npy import load_float_images
 from ..training.rundir import RunDir
 
 
@@ -40,18 +41,11 @@ def _npy(path: Path, size: int) -> ImageSet:
     """A ``.npy`` image set: float NCHW images of 1 or 3 channels at ``size``, finite, at least one (a set of
     another size was compared pixel for pixel with the others, and gave a false memorisation flag)."""
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ConfigError(f"{path} is not a readable .npy array ({e})") from None
-    if arr.dtype.kind != "f" or arr.ndim != 4 or arr.shape[1] not in (1, 3) or len(arr) == 0:
-        raise ConfigError(f"{path}: expected float NCHW images with 1 or 3 channels, got {arr.dtype} {arr.shape}")
-    if arr.shape[2:] != (size, size):
-        raise ConfigError(
-            f"{path} holds {arr.shape[2]}x{arr.shape[3]} images; this audit compares images at {size}x{size}"
-        )
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ConfigError(f"{path} holds NaN or infinite values")
+        arr = load_float_images(path, (1, 3), size)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e} (this audit compares images at {size}x{size})") from None
+    if len(arr) == 0:
+        raise ConfigError(f"{path} holds no images")
     return ImageSet(arr, [f"{path.name}[{i}]" for i in range(len(arr))], None, str(path))
 
 

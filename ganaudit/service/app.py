@@ -26,7 +26,7 @@ from ..runtime.detector import Detector
 from . import routes_kserve, routes_ops, routes_v1
 from .docs_assets import add_docs_routes
 from .errors import ServiceError, add_error_handlers
-from .limits import ApiKeyAuth, BodySizeLimit, HeadAsGet, RequestMetrics, RequestTimeout
+from .limits import ApiKeyAuth, BodySizeLimit, HeadAsGet, NoBodyForHead, RequestMetrics, RequestTimeout
 from .openapi import install_openapi
 from .state import OPEN_PATHS, Service, ServiceSettings, is_open_path
 
@@ -78,4 +78,5 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key, open_paths=is_open_path)
     app.add_middleware(RequestTimeout, timeout_s=settings.timeout_s)
     app.add_middleware(RequestMetrics, metrics=service.metrics, routes=lambda: app.router.routes)
+    app.add_middleware(NoBodyForHead)
     return app

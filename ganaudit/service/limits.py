@@ -188,8 +188,21 @@ class RequestTimeout:
 
 
 class HeadAsGet:
-    """Answer HEAD on every GET route (RFC 9110: the GET's status and headers, no body). FastAPI routes
-    answer GET only, so probes and `curl -I` got 405."""
+    """Answer HEAD on every GET route (RFC 9110: the GET's status and headers). FastAPI routes answer GET only,
+    so probes and `curl -I` got 405. Innermost, so that the key, the limits and the metrics see HEAD;
+    :class:`NoBodyForHead`, outermost, drops the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
+class NoBodyForHead:
+    """No response body for HEAD, whichever layer answered (a route, or a 401 or 413 from the limits)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -204,7 +217,7 @@ class HeadAsGet:
                 message = {**message, "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+        await self.app(scope, receive, send_without_body)
 
 
 class RequestMetrics:

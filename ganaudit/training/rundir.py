@@ -31,6 +31,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write
 from ..core.errors import ConfigError, ModelFormatError
+from ..core.npy import load_float_images
 
 CONFIG = "config.json"
 RUN_INFO = "run.json"
@@ -154,22 +155,12 @@ class RunDir:
 
     def _images(self, path: Path) -> np.ndarray:
         """A run's preprocessed images (float32 [N, C, S, S] of its config's channels and size, finite), or a
-        ModelFormatError naming the file: an edited or damaged array must not reach the networks."""
+        ModelFormatError naming the file."""
         cfg = self.read_config()
-        want = (cfg.get("channels"), cfg.get("size"), cfg.get("size"))
         try:
-            images = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ModelFormatError(f"{path} is unreadable ({e})") from None
-        if images.dtype.kind != "f" or images.ndim != 4 or tuple(images.shape[1:]) != want:
-            raise ModelFormatError(
-                f"{path} is damaged: it holds {images.dtype} {list(images.shape)}, not float images [N, {want[0]}, "
-                f"{want[1]}, {want[2]}] as the run's config.json says"
-            )
-        images = images.astype(np.float32)
-        if not np.isfinite(images).all():
-            raise ModelFormatError(f"{path} is damaged: it holds NaN or infinite values")
-        return images
+            return load_float_images(path, {cfg.get("channels")}, cfg.get("size"))
+        except ValueError as e:
+            raise ModelFormatError(f"{path} is damaged: {e} (the run's config.json)") from None
 
     def write_validation(self, images: np.ndarray, native: np.ndarray | None) -> None:
         save_npy(self.validation, images)
