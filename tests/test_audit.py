@@ -198,6 +198,18 @@ def _write_bytes(data: bytes):
     return lambda path: path.write_bytes(data)
 
 
+def _npz_file(path):
+    with open(path, "wb") as f:
+        np.savez(f, images=np.zeros((4, 1, 16, 16), np.float32))
+
+
+def _huge_header(path):
+    """A valid header for 10 petabytes of images over 64 bytes: must fail before any allocation."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**13, 1, 16, 16)})
+        f.write(bytes(64))
+
+
 def _save(array: np.ndarray, allow_pickle: bool = False):
     return lambda path: np.save(path, array, allow_pickle=allow_pickle)
 
@@ -214,8 +226,12 @@ def _save(array: np.ndarray, allow_pickle: bool = False):
         (_save(np.zeros((4, 1, 28, 28), np.float32)), "this audit compares images at 16x16"),
         (_save(np.full((4, 1, 16, 16), np.nan, np.float32)), "NaN or infinite"),
         (_save(np.zeros((0, 1, 16, 16), np.float32)), "holds no images"),
+        (_save(np.linspace(0, 255, 4 * 256, dtype=np.float32).reshape(4, 1, 16, 16)), "not [-1, 1]"),
+        (_npz_file, "an .npz archive"),
+        (_huge_header, "not a readable .npy array"),
     ],
-    ids=["pickle", "lying-header", "not-npy", "3-d", "2-channels", "uint8", "28px", "nan", "empty"],
+    ids=["pickle", "lying-header", "not-npy", "3-d", "2-channels", "uint8", "28px", "nan", "empty", "0-255", "npz",
+         "huge-header"],  # fmt: skip
 )
 def test_a_hostile_npy_image_set_is_a_clear_error(tmp_path, mnist_path, write, message):
     """A .npy set is read without pickles, and checked before any network sees it: one line, exit 2."""
@@ -225,6 +241,15 @@ def test_a_hostile_npy_image_set_is_a_clear_error(tmp_path, mnist_path, write, m
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
 
 
+def test_a_set_scaled_to_0_1_is_named_in_a_note(tmp_path, mnist_path, mnist_arrays):
+    """Found by a review: a held-out set saved in [0, 1] gave a false memorisation flag without a word."""
+    hold = _npy(tmp_path / "h.npy", (mnist_arrays.images[600:1200] + 1) / 2)
+    res = _audit(tmp_path, _mnist(mnist_path, 1200, 1800), _mnist(mnist_path, 0, 600), hold)[0]
+    assert "note: the held-out set has no value below 0" in res.stderr, res.output
+    assert "note:" not in _audit(tmp_path, _mnist(mnist_path, 1200, 1800), _mnist(mnist_path, 0, 600),
+                                 _npy(tmp_path / "h.npy", mnist_arrays.images[600:1200]))[0].stderr  # fmt: skip
+
+
 def test_bad_input_is_one_line_exit_2(tmp_path, mnist_path):
     res = run_cli("audit", "gan", tmp_path / "nope", "--reference", _mnist(mnist_path, 0, 100), "--no-progress")
     assert res.exit_code == 2 and res.stderr.startswith("error:") and len(res.stderr.strip().splitlines()) == 1
@@ -232,6 +257,9 @@ def test_bad_input_is_one_line_exit_2(tmp_path, mnist_path):
     assert res.exit_code == 2 and "unknown verdict bias" in res.stderr
     res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--no-progress")
     assert res.exit_code == 2 and "--reference is required" in res.stderr
+    same = _mnist(mnist_path, 100, 200)  # every reference image is held out too: none is left (was a numpy error)
+    res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", same, "--holdout", same, "--no-progress")
+    assert res.exit_code == 2 and "every reference image (100) is also in the held-out set" in res.stderr
 
 
 def test_a_training_run_is_sampled_and_audited_against_its_own_images(tmp_path, tiny_run):

@@ -193,8 +193,10 @@ def _with_spec(tiny_model, path, mutate):
         (lambda m, p: _with_spec(m, p / "v.onnx", lambda s: s.replace('"format_version":1', '"format_version":99')),
          "unsupported model format_version 99"),
         (lambda m, p: _with_spec(m, p / "j.onnx", lambda s: s[:20]), "not valid JSON"),
+        (lambda m, p: _with_spec(m, p / "d.onnx", lambda s: s[:-1] + ',"x":' + "[" * 100_000 + "]" * 100_000 + "}"),
+         "nested too deeply"),  # was a RecursionError (exit 5)
     ],
-    ids=["missing", "truncated", "empty", "no-spec", "future-version", "bad-json"],
+    ids=["missing", "truncated", "empty", "no-spec", "future-version", "bad-json", "deep-json"],
 )
 def test_bad_model_files_raise_model_format_error_and_exit_2(tiny_model, tmp_path, make, message):
     path = make(tiny_model, tmp_path)

@@ -264,7 +264,37 @@ def _small_bank(name):
     return change
 
 
+def _resave(name, edit):
+    def change(run):
+        np.save(run / name, edit(np.load(run / name)))
+
+    return change
+
+
+def _lying_header(name):
+    """A header that asks for 10 petabytes of images, over 64 bytes of data: must fail before any allocation."""
+
+    def change(run):
+        with open(run / name, "wb") as f:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (10**13, 1, 16, 16)}
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(bytes(64))
+
+    return change
+
+
+def _npz(name):
+    def change(run):
+        with open(run / name, "wb") as f:
+            np.savez(f, images=np.zeros((2, 1, 16, 16), np.float32))
+
+    return change
+
+
 TAMPERED = {
+    "validation-0-255": (_resave("validation.npy", lambda a: a * 127.5 + 127.5), "not [-1, 1]"),
+    "bank-lying-header": (_lying_header("memory_bank.npy"), "not a readable .npy array"),
+    "validation-npz": (_npz("validation.npy"), "an .npz archive"),
     "config-list": (lambda run: (run / "config.json").write_text("[]"), "not a JSON object"),
     "width-null": (_edit_config(width=None), "width must be a whole number"),
     "z-dim-huge": (_edit_config(z_dim=10**9), "z-dim must be between"),
@@ -285,6 +315,24 @@ def test_a_tampered_run_directory_is_a_clear_error_for_export_and_audit(tiny_run
         if case == "run-json-list" and args[0] == "audit":
             continue  # the audit reads no provenance
         assert res.exit_code == 2 and message in res.stderr and "internal error" not in res.stderr, (args[0], res.output)
+
+
+HEAD_CROPS_DAMAGE = {
+    "five-rows": (lambda a: a[:5], "the crops of 5 images, not of the"),
+    "float": (lambda a: a.astype(np.float32) * 1e30, "not uint8 crops"),
+    "three-crops": (lambda a: a[:, :3], "not uint8 crops"),
+    "wrong-size": (lambda a: a[:, :, :8, :8], "not uint8 crops"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEAD_CROPS_DAMAGE))
+def test_damaged_head_crops_are_a_clear_error_for_export(head_run, tmp_path, case):
+    """Found by a review: a cut or rescaled validation_native.npy exported without a word, with another
+    generated threshold; crops of the wrong shape crashed export (exit 5)."""
+    run = _tampered(head_run, tmp_path, case, _resave("validation_native.npy", HEAD_CROPS_DAMAGE[case][0]))
+    res = run_cli("export", run, "-o", tmp_path / "m.onnx")
+    assert res.exit_code == 2 and HEAD_CROPS_DAMAGE[case][1] in res.stderr, res.output
+    assert "validation_native.npy is damaged" in res.stderr and not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize(

@@ -387,7 +387,7 @@ def test_head_answers_carry_no_body_from_any_layer(detector):
     limits answer before any route (they used to carry their JSON body)."""
     app = create_app(detector, ServiceSettings(api_key="k" * 32, max_upload_mb=0.001))
 
-    async def head(path: str, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    async def head(path: str, headers: list[tuple[bytes, bytes]], pathsend: bool = False) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
@@ -398,7 +398,8 @@ def test_head_answers_carry_no_body_from_any_layer(detector):
 
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "HEAD",
                  "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": headers, "client": ("127.0.0.1", 1), "server": ("service", 80)}  # fmt: skip
+                 "headers": headers, "client": ("127.0.0.1", 1), "server": ("service", 80),
+                 "extensions": {"http.response.pathsend": {}} if pathsend else {}}  # fmt: skip
         await app(scope, receive, send)
         return sent
 
@@ -407,12 +408,15 @@ def test_head_answers_carry_no_body_from_any_layer(detector):
             "unauthorised": await head("/v2/models/tiny-zeros", []),
             "too large": await head("/v2/health/live", [(b"content-length", b"5000")]),
             "open": await head("/v2/health/live", []),
+            # a server that sends files by path (ASGI pathsend): the docs' script would go out whole
+            "file": await head("/docs/assets/swagger-ui-bundle.js", [], pathsend=True),
         }
 
     for name, sent in asyncio.run(probes()).items():
         start = next(m for m in sent if m["type"] == "http.response.start")
         headers = dict(start["headers"])
-        assert start["status"] == {"unauthorised": 401, "too large": 413, "open": 200}[name], name
+        assert start["status"] == {"unauthorised": 401, "too large": 413, "open": 200, "file": 200}[name], name
+        assert not any(m["type"] == "http.response.pathsend" for m in sent), name
         assert int(headers[b"content-length"]) > 0, name  # the GET's length, as RFC 9110 allows
         assert b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body") == b"", name
 

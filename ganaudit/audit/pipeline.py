@@ -107,8 +107,19 @@ def audit_sets(
     notes = []
     if hold is not None:
         ref, dropped = drop_shared(ref, hold)
+        if len(ref.images) == 0:
+            raise ConfigError(
+                f"every reference image ({dropped}) is also in the held-out set: pass two different sets to "
+                "--reference and --holdout"
+            )
         if dropped:
             notes.append(f"{dropped} reference image(s) equal to held-out images were left out of the reference")
+    for role, images in (("generated", gen), ("reference", ref), ("held-out", hold)):
+        if images is not None and len(images.images) and images.images.min() >= 0:
+            notes.append(
+                f"the {role} set has no value below 0, as if it were scaled to [0, 1] instead of [-1, 1]: its "
+                "comparisons with the other sets may be wrong (scale it: 2x - 1)"
+            )
     fn, feature_desc = extractor(features, run, ref.images)
     f = Features(
         embed(fn, ref.images, progress, "reference features"),

@@ -109,6 +109,8 @@ def gan_cmd(
         raise fail(str(e)) from None
     paths = write_gan_report(out, run)
     result = run.audit.result
+    for note in result["notes"]:
+        typer.echo(f"note: {note}", err=True)
     typer.echo(json.dumps(result, indent=2) if json_out else f"{summary_line(result)}; report in {paths['html']}")
     if gate(result["verdicts"], gates):
         raise typer.Exit(EXIT_FLAGGED)

@@ -116,6 +116,8 @@ class ModelSpec:
             d = json.loads(text)
         except (TypeError, ValueError) as e:
             raise ModelFormatError(f"the ganaudit model spec is not valid JSON: {e}") from None
+        except RecursionError:  # nesting deeper than Python's stack: no real spec comes near
+            raise ModelFormatError("the ganaudit model spec is nested too deeply to be a model spec") from None
         if not isinstance(d, dict):
             raise ModelFormatError("the ganaudit model spec must be a JSON object")
         version = d.get("format_version")

@@ -202,7 +202,8 @@ class HeadAsGet:
 
 
 class NoBodyForHead:
-    """No response body for HEAD, whichever layer answered (a route, or a 401 or 413 from the limits)."""
+    """No response body for HEAD, whichever layer answered (a route, or a 401 or 413 from the limits), also when
+    the server offers the ``http.response.pathsend`` extension for files."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -215,6 +216,8 @@ class NoBodyForHead:
         async def send_without_body(message: Message) -> None:
             if message["type"] == "http.response.body":
                 message = {**message, "body": b""}
+            elif message["type"] == "http.response.pathsend":  # a server that sends files itself (ASGI extension)
+                message = {"type": "http.response.body", "body": b""}
             await send(message)
 
         await self.app(scope, receive, send_without_body)

@@ -12,7 +12,7 @@ import torch
 
 from .calibrate import fit_platt, fit_quantiles
 from .datasets import load_dataset
-from ..core.errors import ConfigError, ModelFormatError
+from ..core.errors import ConfigError
 from .export_graph import graph_facts
 from .generated import PoolSources, crops_of, fake_pool, load_snapshots
 from ..core.imaging import preprocess, regions_to_input
@@ -88,12 +88,7 @@ def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies:
 
 def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
     """The validation images' native-scale crops as the graph's ``crops`` input [N, K, C, S, S]."""
-    run = RunDir(run_dir)
-    regions, path = run.load_validation_native(), run.validation_native
-    if not pre.holds_crops(regions.shape[1]):
-        raise ModelFormatError(
-            f"{path} holds {regions.shape[1]} crops per image but the run is configured for {pre.stored_crops}"
-        )
+    regions = RunDir(run_dir).load_validation_native({pre.native_crops, pre.stored_crops})
     return np.stack([regions_to_input(r, pre) for r in regions])
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..core.atomic import atomic_write
 from ..core.errors import ConfigError, ModelFormatError
-from ..core.npy import load_float_images
+from ..core.npy import load_float_images, load_uint8_crops
 
 CONFIG = "config.json"
 RUN_INFO = "run.json"
@@ -135,11 +136,17 @@ class RunDir:
             raise ConfigError(f"{self.root} has no held-out validation images: retrain with --val-fraction > 0")
         return val
 
-    def load_validation_native(self) -> np.ndarray:
-        """The held-out images' native-scale crops, uint8 [N, K, S, S, C]."""
+    def load_validation_native(self, crops: Collection[int]) -> np.ndarray:
+        """The held-out images' head crops, uint8 [N, K, S, S, C] with K in ``crops``, one row per validation
+        image, or a ModelFormatError naming the file (a wrong one would miscalibrate the head silently)."""
         if not self.validation_native.is_file():
             raise ModelFormatError(f"{self.root} has no {VALIDATION_NATIVE}: retrain it with the generated head")
-        return np.load(self.validation_native, allow_pickle=False)
+        cfg = self.read_config()
+        n = len(self.load_validation())
+        try:
+            return load_uint8_crops(self.validation_native, n, crops, cfg.get("size"), cfg.get("channels"))
+        except ValueError as e:
+            raise ModelFormatError(f"{self.validation_native} is damaged: {e}") from None
 
     def load_memory_bank(self) -> np.ndarray:
         """The run's sample of training images (float32), from which export builds the memory and patch banks."""
