@@ -114,8 +114,8 @@ def audit_sets(
             )
         if dropped:
             notes.append(f"{dropped} reference image(s) equal to held-out images were left out of the reference")
-    for role, images in (("generated", gen), ("reference", ref), ("held-out", hold)):
-        if images is not None and len(images.images) and images.images.min() >= 0:
+    for role, image_set in (("generated", gen), ("reference", ref), ("held-out", hold)):
+        if image_set is not None and len(image_set.images) and image_set.images.min() >= 0:
             notes.append(
                 f"the {role} set has no value below 0, as if it were scaled to [0, 1] instead of [-1, 1]: its "
                 "comparisons with the other sets may be wrong (scale it: 2x - 1)"

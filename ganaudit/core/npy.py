@@ -20,10 +20,8 @@ def _header_only(path: Path) -> np.ndarray:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"it is not a readable .npy array ({e})") from None
-    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever the file is called
-        close = getattr(arr, "close", None)
-        if close is not None:
-            close()
+    if not isinstance(arr, np.ndarray):  # an NpzFile: np.load opens an .npz archive whatever the file is called
+        arr.close()
         raise ValueError("it is an .npz archive, not a .npy array")
     return arr
 

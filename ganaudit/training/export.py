@@ -113,7 +113,7 @@ def export(
     head = nets.H if cfg.generated_head else None
     if cfg.generated_head and head is None:
         log.warning("%s has not reached its generated-head phase: exporting the anomaly head only", run_dir)
-    val_crops = load_validation_crops(run_dir, cfg.preprocess) if head is not None else None
+    val_crops = load_validation_crops(run_dir, cfg.preprocess, len(val)) if head is not None else None
 
     model, spec, fp32 = _build(
         run_dir, cfg, nets, head, val, val_crops, score, layout, name or run_dir.resolve().name, quantize, patch_bank

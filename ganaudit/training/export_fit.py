@@ -86,9 +86,9 @@ def fit_anomaly_calibration(det: Detector, normal_scores: np.ndarray, anomalies:
     return fit_platt(normal_scores.astype(np.float64), anomalous.astype(np.float64), transform=transform)
 
 
-def load_validation_crops(run_dir: Path, pre: PreprocessSpec) -> np.ndarray:
-    """The validation images' native-scale crops as the graph's ``crops`` input [N, K, C, S, S]."""
-    regions = RunDir(run_dir).load_validation_native({pre.native_crops, pre.stored_crops})
+def load_validation_crops(run_dir: Path, pre: PreprocessSpec, n: int) -> np.ndarray:
+    """The ``n`` validation images' head crops as the graph's ``crops`` input [n, K, C, S, S]."""
+    regions = RunDir(run_dir).load_validation_native({pre.native_crops, pre.stored_crops}, n)
     return np.stack([regions_to_input(r, pre) for r in regions])
 
 

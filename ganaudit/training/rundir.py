@@ -136,13 +136,13 @@ class RunDir:
             raise ConfigError(f"{self.root} has no held-out validation images: retrain with --val-fraction > 0")
         return val
 
-    def load_validation_native(self, crops: Collection[int]) -> np.ndarray:
-        """The held-out images' head crops, uint8 [N, K, S, S, C] with K in ``crops``, one row per validation
-        image, or a ModelFormatError naming the file (a wrong one would miscalibrate the head silently)."""
+    def load_validation_native(self, crops: Collection[int], n: int) -> np.ndarray:
+        """The held-out images' head crops, uint8 [n, K, S, S, C] with K in ``crops``, one row for each of the
+        ``n`` validation images, or a ModelFormatError naming the file (a wrong one would miscalibrate the head
+        silently)."""
         if not self.validation_native.is_file():
             raise ModelFormatError(f"{self.root} has no {VALIDATION_NATIVE}: retrain it with the generated head")
         cfg = self.read_config()
-        n = len(self.load_validation())
         try:
             return load_uint8_crops(self.validation_native, n, crops, cfg.get("size"), cfg.get("channels"))
         except ValueError as e:
