@@ -37,14 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 
 # Test generators: (name, extra `ganaudit train` options, GAN steps or None for the short default).
-# All trained on index < 8000 at 32x32. The last one is a full-length default GAN (the strongest fakes).
+# All trained on index < 8000 at 32x32. The last one is a full-length GAN with the defaults of the third to ninth
+# sessions (the strongest fakes). Each keeps the GAN step it was first trained with (LEGACY_STEP), so the test
+# generators stay the same when ganaudit's own defaults change.
+LEGACY_STEP = ["--d-head", "conv", "--no-reuse-fakes"]
 GENERATORS = [
-    ("hinge-w32-seed1", ["--loss", "hinge", "--seed", "1"], None),
-    ("ns-w16-seed2", ["--loss", "ns", "--width", "16", "--seed", "2"], None),
-    ("wgan-gp-w16-seed3", ["--loss", "wgan-gp", "--width", "16", "--seed", "3", "--lr-d", "2e-4"], None),
+    ("hinge-w32-seed1", ["--loss", "hinge", "--seed", "1", *LEGACY_STEP], None),
+    ("ns-w16-seed2", ["--loss", "ns", "--width", "16", "--seed", "2", *LEGACY_STEP], None),
+    ("wgan-gp-w16-seed3", ["--loss", "wgan-gp", "--width", "16", "--seed", "3", "--lr-d", "2e-4", *LEGACY_STEP], None),
     ("hinge-noSN-noMBstd-w24-z128-seed4", ["--loss", "hinge", "--no-spectral-norm", "--no-minibatch-std",
-                                           "--width", "24", "--z-dim", "128", "--lr-d", "2e-4", "--seed", "4"], None),
-    ("default-w32-3000steps-seed5", ["--seed", "5"], 3000),
+                                           "--width", "24", "--z-dim", "128", "--lr-d", "2e-4", "--seed", "4",
+                                           *LEGACY_STEP], None),
+    ("default-w32-3000steps-seed5", ["--seed", "5", *LEGACY_STEP], 3000),
 ]  # fmt: skip
 PERTURBATIONS = ["jpeg75", "blur1", "resize0.5", "resize2"]
 # Control: the real test images are MNIST's 28x28 and the fakes the GANs' 32x32. Shrinking the fakes to 28x28

@@ -7,9 +7,10 @@ from ganaudit.training.nets import Discriminator, Encoder, Generator
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_shapes_for_every_size(size, channels):
+@pytest.mark.parametrize("head", ["linear", "conv"])
+def test_shapes_for_every_size(size, channels, head):
     G = Generator(size, channels, z_dim=8, width=8)
-    D = Discriminator(size, channels, width=8)
+    D = Discriminator(size, channels, width=8, head=head)
     E = Encoder(size, channels, z_dim=8, width=8)
     x = G(torch.randn(3, 8))
     assert x.shape == (3, channels, size, size)
@@ -48,8 +49,14 @@ def test_spectral_norm_bounds_the_weight_norm():
     assert torch.linalg.matrix_norm(w, ord=2) < 1.1
 
 
-def test_without_spectral_norm_is_equivalent_and_leaves_the_original_intact():
-    D = Discriminator(16, 1, width=8, spectral_norm=True)
+def test_unknown_discriminator_head_is_refused():
+    with pytest.raises(ValueError, match="unknown discriminator head"):
+        Discriminator(16, 1, width=8, head="mlp")
+
+
+@pytest.mark.parametrize("head", ["linear", "conv"])
+def test_without_spectral_norm_is_equivalent_and_leaves_the_original_intact(head):
+    D = Discriminator(16, 1, width=8, spectral_norm=True, head=head)
     D.train()
     D(torch.randn(8, 1, 16, 16))
     D.eval()

@@ -227,8 +227,9 @@ def _undecodable_dir(tmp_path: Path) -> str:
         (lambda p: ["sklearn:digits", "--out", p / "o", "--resume"], "no checkpoint"),
         (lambda p: ["sklearn:digits", "--out", p / "o", "--loss", "l2"], "unknown loss"),
         (lambda p: ["sklearn:digits", "--out", p / "o", "--index-range", "9:3"], "empty"),
+        (lambda p: ["sklearn:digits", "--out", p / "o", "--d-head", "mlp"], "unknown d-head"),
     ],
-    ids=["missing", "empty", "undecodable", "size", "resume", "loss", "range"],
+    ids=["missing", "empty", "undecodable", "size", "resume", "loss", "range", "d-head"],
 )
 def test_bad_input_is_a_one_line_error_with_exit_2(tmp_path, make_args, message):
     res = run_cli("train", *make_args(tmp_path), "--steps", "1", "--encoder-steps", "1", "--no-progress")
@@ -315,3 +316,69 @@ def test_rotation_task_and_npr_are_on_by_default_for_colour_photographs_only(tmp
     assert RunDir(tmp_path / "off").read_config()["head_resize_max"] == 2.0
     bad = run_cli("train", folder, "--out", tmp_path / "bad", "--head-resize-max", "0.1", *args)
     assert bad.exit_code == 2 and "head_resize_max" in bad.output.replace("-", "_")
+
+
+# --- the GAN step's recipe: D's linear head and the shared generated batch (issue 16, T1) ----------------------
+@pytest.mark.parametrize("reuse, n_critic, draws", [(True, 1, 1), (False, 1, 2), (True, 2, 2), (False, 2, 3)])
+def test_gan_step_draws_one_generated_batch_per_d_step_when_the_g_step_reuses_it(digits, tmp_path, reuse, n_critic, draws):
+    from ganaudit.training.train import Trainer, prepare_run
+
+    cfg = micro_cfg(reuse_fakes=reuse, n_critic=n_critic)
+    trainer = Trainer(cfg, prepare_run(cfg, digits, tmp_path / "r", {}), tmp_path / "r", torch.device("cpu"))
+    calls = []
+    trainer.nets.G.register_forward_hook(lambda *_: calls.append(1))
+    before = [p.detach().clone() for p in trainer.nets.G.parameters()]
+    for _ in range(3):
+        losses = trainer._one_step()
+        trainer.step += 1
+    assert len(calls) == 3 * draws
+    assert all(np.isfinite(v) for v in losses.values())
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.nets.G.parameters())), "G must still learn"
+
+
+def test_a_run_from_before_the_linear_head_loads_resumes_and_exports(digits, tmp_path):
+    """A run whose config.json predates d_head and reuse_fakes keeps the conv head and fresh G batches."""
+    from ganaudit.training.rundir import RunDir
+    from ganaudit.training.train import load_networks
+
+    run = tmp_path / "old"
+    run_training(micro_cfg(d_head="conv", reuse_fakes=False), digits, run, progress=False, stop_at=12)
+    config = RunDir(run).read_config()
+    del config["d_head"], config["reuse_fakes"]
+    RunDir(run).write_config(config)
+    run_training(micro_cfg(d_head="conv", reuse_fakes=False), digits, tmp_path / "straight", progress=False)
+    run_training(micro_cfg(), digits, run, resume=True, progress=False)
+    assert_same_weights(tmp_path / "straight", run)
+    cfg, nets, _ = load_networks(run)
+    assert (cfg.d_head, cfg.reuse_fakes) == ("conv", False)
+    assert isinstance(nets.D.head[0], torch.nn.Conv2d)
+    res = run_cli("export", run, "-o", tmp_path / "old.onnx")
+    assert res.exit_code == 0, res.output
+
+
+def test_the_dcgan_speed_step_trains_exports_and_scans_from_the_cli(tmp_path, mnist_path):
+    """`--d-head linear --reuse-fakes`: D judges with one linear map, and the run goes through export and scan."""
+    from ganaudit.training.train import load_networks
+
+    run, model = tmp_path / "fast", tmp_path / "fast.onnx"
+    args = ["--size", "16", "--width", "8", "--z-dim", "8", "--steps", "6", "--encoder-steps", "3", "--head-steps", "3",
+            "--batch-size", "8", "--no-progress", "--no-audit", "--label", "1", "--index-range", "0:400"]  # fmt: skip
+    res = run_cli("train", mnist_path, "--out", run, "--d-head", "linear", "--reuse-fakes", *args)
+    assert res.exit_code == 0, res.output
+    cfg, nets, _ = load_networks(run)
+    assert (cfg.d_head, cfg.reuse_fakes) == ("linear", True)
+    assert type(nets.D.head[0]) is torch.nn.Flatten and isinstance(nets.D.head[1], torch.nn.Linear)
+    assert len(nets.D.head) == 2
+    assert run_cli("export", run, "-o", model).exit_code == 0
+    res = run_cli("scan", run / "samples", "--model", model, "--out", tmp_path / "report", "--no-progress")
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "report" / "summary.json").read_text())["counts"]
+    assert counts["ok"] == len(list((run / "samples").glob("*.png"))) > 0 and counts["error"] == 0
+
+
+def test_the_default_gan_step_keeps_the_conv_head_and_two_generator_batches(tiny_run):
+    from ganaudit.training.train import load_networks
+
+    cfg, nets, _ = load_networks(tiny_run)
+    assert (cfg.d_head, cfg.reuse_fakes) == ("conv", False)
+    assert isinstance(nets.D.head[0], torch.nn.Conv2d)

@@ -70,6 +70,14 @@ def train(
     instance_noise: Annotated[float, typer.Option(help="Initial instance-noise sigma, annealed to 0.")] = 0.0,
     spectral_norm: Annotated[bool, typer.Option(help="Spectral normalisation in D.")] = True,
     minibatch_std: Annotated[bool, typer.Option(help="Minibatch-stddev layer in D (against mode collapse).")] = True,
+    d_head: Annotated[
+        str,
+        typer.Option(help="D's last layer: conv (a 3x3 conv, then a linear map) or linear (the linear map alone, "
+                     "as DCGAN: a faster step, weaker generated head; see docs/training.md)."),
+    ] = "conv",
+    reuse_fakes: Annotated[
+        bool, typer.Option(help="The G step reuses the D step's generated batch (one G forward per step, as DCGAN).")
+    ] = False,
     generated_head: Annotated[
         bool,
         typer.Option(help="Train the generated-image head (from D, on real vs generated images) and export it."),

@@ -122,10 +122,11 @@ class GeneratedHead(nn.Module):
 
     @classmethod
     def build(
-        cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool, npr: bool = False
+        cls, size: int, channels: int, width: int, minibatch_std: bool, spectral: bool, npr: bool = False,
+        d_head: str = "conv",
     ) -> "GeneratedHead":
         """An untrained head with the right shapes (to load a state_dict into)."""
-        D = Discriminator(size, channels, width, spectral_norm=False, minibatch_std=minibatch_std)
+        D = Discriminator(size, channels, width, spectral_norm=False, minibatch_std=minibatch_std, head=d_head)
         return cls(D, size, spectral, npr)
 
     def train(self, mode: bool = True) -> "GeneratedHead":

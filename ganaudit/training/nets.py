@@ -26,6 +26,11 @@ def rotation_targets(n: int, device: torch.device | None = None) -> torch.Tensor
     return torch.arange(len(ROTATIONS), device=device).repeat_interleave(n)
 
 
+# D's last layer over its 4x4 trunk output (plus the minibatch-std channel): "conv" (the default), a 3x3 conv and
+# LeakyReLU before a linear map, or "linear", the linear map alone as in DCGAN (a cheaper step; docs/benchmarks.md T1).
+D_HEADS = ("conv", "linear")
+
+
 def _n_blocks(size: int) -> int:
     """Number of stride-2 stages between a 4x4 map and ``size``."""
     return int(math.log2(check_size(size))) - 2
@@ -108,19 +113,25 @@ class Discriminator(nn.Module):
         spectral_norm: bool = True,
         minibatch_std: bool = True,
         rotation: bool = False,
+        head: str = "conv",
     ) -> None:
         super().__init__()
-        self.init_args = dict(size=size, channels=channels, width=width, minibatch_std=minibatch_std, rotation=rotation)
+        if head not in D_HEADS:
+            raise ValueError(f"unknown discriminator head {head!r}: choose one of {', '.join(D_HEADS)}")
+        self.init_args = dict(
+            size=size, channels=channels, width=width, minibatch_std=minibatch_std, rotation=rotation, head=head
+        )
         self.trunk, c = _down_trunk(size, channels, width, spectral_norm, norm=False)
         self.feature_dim = c * 16
         wrap = _sn if spectral_norm else (lambda m: m)
         self.mbstd = MinibatchStd() if minibatch_std else None
-        self.head = nn.Sequential(
-            wrap(nn.Conv2d(c + (1 if minibatch_std else 0), c, 3, 1, 1)),
-            nn.LeakyReLU(0.2, True),
-            nn.Flatten(),
-            wrap(nn.Linear(c * 16, 1)),
-        )
+        c_judged = c + (1 if minibatch_std else 0)
+        if head == "conv":
+            self.head = nn.Sequential(
+                wrap(nn.Conv2d(c_judged, c, 3, 1, 1)), nn.LeakyReLU(0.2, True), nn.Flatten(), wrap(nn.Linear(c * 16, 1))
+            )
+        else:
+            self.head = nn.Sequential(nn.Flatten(), wrap(nn.Linear(c_judged * 16, 1)))
         # Self-supervised auxiliary task (SS-GAN): which of 4 rotations an image was turned by, from its features.
         self.rotation_head = wrap(nn.Linear(c * 16, len(ROTATIONS))) if rotation else None
 

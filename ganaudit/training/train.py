@@ -37,7 +37,7 @@ from .generated import (
 from .aux_generators import aux_pool, parse_families
 from ..core.layout import alignment, is_stationary
 from .losses import LOSSES, diff_augment, gradient_penalty, instance_noise, izif_loss, parse_augment, r1_penalty
-from .nets import Discriminator, Encoder, Generator, rotation_targets
+from .nets import D_HEADS, Discriminator, Encoder, Generator, rotation_targets
 from .rundir import MEMORY_BANK, MEMORY_BANK_MAX, RunDir
 from ..core.spec import PreprocessSpec, check_size
 
@@ -75,6 +75,10 @@ class TrainConfig:
     ema: float = 0.999
     spectral_norm: bool = True
     minibatch_std: bool = True
+    # The GAN step as fast as DCGAN's (docs/benchmarks.md T1), off by default: D's last layer (nets.D_HEADS), and
+    # the G step reusing the generated batch of the (last) D step (one G forward per step instead of two).
+    d_head: str = "conv"
+    reuse_fakes: bool = False
     r1: float = 0.0
     gp: float = 10.0
     instance_noise: float = 0.0
@@ -116,6 +120,8 @@ class TrainConfig:
         check_size(self.size)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.d_head not in D_HEADS:
+            raise ConfigError(f"unknown d-head {self.d_head!r}: choose one of {', '.join(D_HEADS)}")
         for name in ("steps", "encoder_steps", "batch_size", "n_critic", "z_dim", "width", "head_pool"):
             if getattr(self, name) < (0 if name.endswith("steps") else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -180,6 +186,8 @@ class TrainConfig:
         d.setdefault("head_npr", False)
         d.setdefault("head_resize_max", RESIZE_SCALE[1])  # runs before the option had the 2x range
         d.setdefault("scale_view", False)  # runs before the scale view stored native crops only
+        d.setdefault("d_head", "conv")  # runs before the options had the conv head and two G forwards
+        d.setdefault("reuse_fakes", False)
         if d.get("head_steps") is None and "steps" in d:  # written when the default was a fifth of the GAN steps
             d["head_steps"] = max(1, d["steps"] // 5)
         return cls(**d)
@@ -261,12 +269,16 @@ class Networks:
 
 
 def build_head(cfg: TrainConfig) -> GeneratedHead:
-    return GeneratedHead.build(cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral, cfg.head_npr)
+    return GeneratedHead.build(
+        cfg.size, cfg.channels, cfg.width, cfg.minibatch_std, cfg.head_spectral, cfg.head_npr, cfg.d_head
+    )
 
 
 def build_networks(cfg: TrainConfig) -> Networks:
     G = Generator(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
-    D = Discriminator(cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, bool(cfg.rotation))
+    D = Discriminator(
+        cfg.size, cfg.channels, cfg.width, cfg.spectral_norm, cfg.minibatch_std, bool(cfg.rotation), cfg.d_head
+    )
     E = Encoder(cfg.size, cfg.channels, cfg.z_dim, cfg.width)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Networks(G, G_ema, D, E)
@@ -359,6 +371,7 @@ class Trainer:
         # Across processes (torchrun): one DDP wrapper each, this rank's share of the batch from its shard.
         self.G_call, self.D_call, self.E_call = (ddp.caller(m, self.dist, device) for m in (self.nets.G, self.nets.D, self.nets.E))
         self.H_call: Callable[..., Any] | None = None
+        self._kept_fakes: torch.Tensor | None = None  # the D step's generated batch, for the G step (reuse_fakes)
         self._buffers_synced = "gan"
         self.local_batch = ddp.local_batch(self.dist, cfg.batch_size)
         self.shard = ddp.ShardedBatches(len(self.x), self.dist, self.local_batch, cfg.seed) if self.dist.enabled else None
@@ -448,11 +461,16 @@ class Trainer:
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.augment_ops) if self.augment_ops else x
 
-    def d_step(self) -> float:
+    def d_step(self, keep_fakes: bool = False) -> float:
+        """One D update. ``keep_fakes``: G's batch is drawn with its graph and kept for the next G step."""
         cfg, G, D = self.cfg, self.nets.G, self.nets.D
         real = self._augment(self.batch())
-        with torch.no_grad():
-            fake = self._augment(G(self.noise(len(real))))
+        if keep_fakes:
+            self._kept_fakes = self.G_call(self.noise(len(real)))
+            fake = self._augment(self._kept_fakes.detach())
+        else:
+            with torch.no_grad():
+                fake = self._augment(G(self.noise(len(real))))
         sigma = self._sigma()
         real_in = instance_noise(real, sigma).requires_grad_(cfg.r1 > 0)
         if cfg.rotation:
@@ -475,7 +493,10 @@ class Trainer:
     def g_step(self) -> float:
         D = self.nets.D
         D.requires_grad_(False)
-        fake = instance_noise(self._augment(self.G_call(self.noise(self.local_batch))), self._sigma())
+        drawn, self._kept_fakes = self._kept_fakes, None
+        if drawn is None:
+            drawn = self.G_call(self.noise(self.local_batch))
+        fake = instance_noise(self._augment(drawn), self._sigma())
         if self.cfg.rotation and self.cfg.rotation_g > 0:
             fake_logit, _, rot_logits = D.with_rotations(fake)
             rot_loss = F.cross_entropy(rot_logits, rotation_targets(len(fake), self.device))
@@ -614,7 +635,8 @@ class Trainer:
     def _one_step(self) -> dict[str, float]:
         cfg, nets = self.cfg, self.nets
         if self.step < cfg.steps:
-            d_loss = sum(self.d_step() for _ in range(cfg.n_critic)) / cfg.n_critic
+            last = cfg.n_critic - 1
+            d_loss = sum(self.d_step(keep_fakes=cfg.reuse_fakes and i == last) for i in range(cfg.n_critic)) / cfg.n_critic
             return {"d_loss": d_loss, "g_loss": self.g_step()}
         if self._buffers_synced != self.phase(self.step + 1):  # frozen nets run on rank 0's running statistics
             ddp.sync_buffers(self.dist, nets.G, nets.G_ema, nets.D, nets.E)
