@@ -5,7 +5,8 @@
 ganaudit's side is the step users run: `Trainer._one_step` of a real Trainer (default TrainConfig: 32 px,
 1 channel, width 32, z 64, batch 64, hinge loss, spectral norm and minibatch-std in D, EMA generator) on MNIST
 digits. Beside it runs the same Trainer with the DCGAN-speed options (`--d-head linear --reuse-fakes`: D's last
-layer one linear map, one generated batch shared by the D and G updates), so both ratios come from one run. The reference is the training loop of pytorch/examples `dcgan/main.py` (BCE loss, Adam(0.5, 0.999),
+layer one linear map, one generated batch shared by the D and G updates), so both ratios come from one run.
+The reference is the training loop of pytorch/examples `dcgan/main.py` (BCE loss, Adam(0.5, 0.999),
 BatchNorm, `.item()` for its printed statistics every step, one G forward shared by the D and G updates),
 restated here at the same architecture size: its 64 px stacks lose one stage, so G is
 z -> 4x4 x 4w -> 8x8 x 2w -> 16x16 x w -> 32x32 and D mirrors it, with ngf = ndf = width = 32 and nz = 64.
