@@ -421,6 +421,28 @@ def test_head_answers_carry_no_body_from_any_layer(detector):
         assert b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body") == b"", name
 
 
+def test_head_on_a_docs_asset_does_not_read_the_file(detector, monkeypatch):
+    """HEAD on a static file answers from its size: the file is never opened (a HEAD turned into GET read the
+    whole 1.4 MB script, chunk by chunk, for a body that was then dropped)."""
+    import starlette.responses
+
+    opened: list[str] = []
+    real_open = starlette.responses.anyio.open_file
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(starlette.responses.anyio, "open_file", counting_open)
+    with served(detector) as client:
+        head = client.head("/docs/assets/swagger-ui-bundle.js")
+        assert opened == []
+        get = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert opened and opened[0].endswith("swagger-ui-bundle.js")  # the GET reads it: the probe sees reads
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+
+
 def test_no_api_key_configured_means_no_auth(detector, digits):
     with served(detector) as client:
         assert client.post("/v1/detect", files=multipart(digits["zeros"][:1])).status_code == 200

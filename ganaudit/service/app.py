@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..runtime.detector import Detector
 from . import routes_kserve, routes_ops, routes_v1
-from .docs_assets import add_docs_routes
+from .docs_assets import ASSETS_PATH, add_docs_routes
 from .errors import ServiceError, add_error_handlers
 from .limits import ApiKeyAuth, BodySizeLimit, HeadAsGet, NoBodyForHead, RequestMetrics, RequestTimeout
 from .openapi import install_openapi
@@ -72,7 +72,7 @@ def create_app(detector: Detector, settings: ServiceSettings | None = None) -> F
     install_openapi(app, api_key=bool(settings.api_key))
 
     # ---------------------------------------------------------------- middleware (last added = outermost)
-    app.add_middleware(HeadAsGet)
+    app.add_middleware(HeadAsGet, native_head=(f"{ASSETS_PATH}/",))  # static files answer HEAD themselves
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyAuth, api_key=settings.api_key, open_paths=is_open_path)

@@ -190,13 +190,17 @@ class RequestTimeout:
 class HeadAsGet:
     """Answer HEAD on every GET route (RFC 9110: the GET's status and headers). FastAPI routes answer GET only,
     so probes and `curl -I` got 405. Innermost, so that the key, the limits and the metrics see HEAD;
-    :class:`NoBodyForHead`, outermost, drops the body."""
+    :class:`NoBodyForHead`, outermost, drops the body.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Paths under ``native_head`` (mounted static files) keep HEAD: they answer it themselves without reading
+    the file, where a GET would read all of it for a body that is then dropped."""
+
+    def __init__(self, app: ASGIApp, native_head: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.native_head = native_head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
+        if scope["type"] == "http" and scope["method"] == "HEAD" and not scope["path"].startswith(self.native_head):
             scope = {**scope, "method": "GET"}
         await self.app(scope, receive, send)
 
