@@ -45,6 +45,18 @@ def test_ray_rows_equal_the_local_scan_image_for_image(cluster, tiny_model, tree
     assert sb["engine"] == {"name": "ray", "address": "local", "actors": 2, "cpus_per_actor": 1, "cluster_cpus": 2}
     assert "engine" not in sa
     assert "flagged" in (tmp_path / "ray/report.html").read_text(encoding="utf-8")
+    # a few files on a one-node cluster: a note that the local engine is faster; never for the local scan
+    assert f"note: {sa['counts']['candidates']} files on a one-node Ray cluster" in remote.stderr
+    assert "one-node Ray cluster" not in local.stderr
+
+
+def test_ray_gives_no_local_engine_note_for_a_large_scan(cluster, tiny_model, tree, tmp_path, monkeypatch):  # noqa: F811
+    from ganaudit.runtime.distributed import ray_scan
+
+    monkeypatch.setattr(ray_scan, "LOCAL_FASTER_BELOW", 10)  # the tree's files count as a large scan
+    res = scan(tiny_model, tree, tmp_path / "large", "--engine", "ray")
+    assert res.exit_code == 0 and json.loads(res.stdout)["counts"]["candidates"] >= 10
+    assert "one-node Ray cluster" not in res.stderr
 
 
 def test_ray_exit_codes_match_the_local_scan(cluster, tiny_model, tree, tmp_path):  # noqa: F811

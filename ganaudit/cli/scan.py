@@ -205,6 +205,12 @@ def scan_cmd(
             bar.close()
     summary = result.summary
     typer.echo(json.dumps(summary, indent=2, ensure_ascii=False) if json_out else _one_line(summary))
+    if engine == "ray":
+        from ..runtime.distributed.ray_scan import local_engine_hint
+
+        hint = local_engine_hint(summary["counts"]["candidates"])
+        if hint:
+            typer.echo(hint, err=True)
     counts = summary["counts"]
     if strict and counts["error"]:
         raise typer.Exit(EXIT_UNREADABLE)

@@ -60,6 +60,21 @@ def connect(address: str | None, num_cpus: int | None = None) -> dict[str, Any]:
     return dict(ray.cluster_resources())
 
 
+# Below this many files, on one machine, a scan is faster with the local engine: Ray's start-up is 2.5-3.5 s of a
+# one-off CLI scan (docs/benchmarks.md, D1).
+LOCAL_FASTER_BELOW = 10_000
+
+
+def local_engine_hint(n_files: int) -> str | None:
+    """A note for a scan of few files on a one-node cluster, where the local engine is faster; else None."""
+    if n_files >= LOCAL_FASTER_BELOW or sum(1 for node in import_ray().nodes() if node.get("Alive")) != 1:
+        return None
+    return (
+        f"note: {n_files} files on a one-node Ray cluster: below about {LOCAL_FASTER_BELOW:,} files the local engine "
+        "(without --engine ray) is usually faster (docs/distributed.md)"
+    )
+
+
 def largest_node_cpus() -> int:
     """The CPU count of the cluster's largest live node."""
     ray = import_ray()
