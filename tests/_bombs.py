@@ -37,6 +37,15 @@ def pam_bomb(width: int = 20000, height: int = 20000) -> bytes:
     return f"P7\nWIDTH {width}\nHEIGHT {height}\nDEPTH 4\nMAXVAL 255\nTUPLTYPE RGB_ALPHA\nENDHDR\n".encode() + b"\x00" * 1024
 
 
+def tiff_twice_width(width: int = 7999, height: int = 7999, decoy: int = 8) -> bytes:
+    """A TIFF whose IFD lists ImageWidth twice, the real width first and a tiny ``decoy`` after it: a header
+    reader that keeps the last copy saw 8 x 7999 and let OpenCV decode 64 MP of 16-bit RGBA (512 MB)."""
+    entries = [(256, 4, width), (256, 4, decoy), (257, 4, height), (258, 3, 16), (259, 3, 8), (262, 3, 2),
+               (273, 4, 8 + 2 + 12 * 12 + 4), (277, 3, 4), (278, 4, height), (279, 4, 64), (284, 3, 1), (338, 3, 2)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", t, k, 1, v) for t, k, v in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x78\x9c" + b"\x00" * 62
+
+
 # name -> (bytes, the format named in the error)
 BOMBS = {
     "hdr": (hdr_bomb(), "HDR"),

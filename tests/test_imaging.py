@@ -29,7 +29,7 @@ from ganaudit.core.imaging import (
 )
 from ganaudit.core.spec import PreprocessSpec
 
-from ._bombs import BOMBS
+from ._bombs import BOMBS, tiff_twice_width
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 
@@ -409,6 +409,13 @@ def test_formats_without_a_read_header_are_refused_before_decoding(name, no_open
     (tmp_path / "bomb.png").write_bytes(data)  # a misleading extension changes nothing
     with pytest.raises(ImageDecodeError, match=f"^{fmt} images are not accepted"):
         decode(tmp_path / "bomb.png", max_pixels=None)
+
+
+def test_a_tiff_that_lists_its_width_twice_is_sized_by_the_larger_claim(no_opencv_decode):
+    data = tiff_twice_width()
+    assert image_size(data) == (7999, 7999)
+    with pytest.raises(ImageDecodeError, match="7999x7999 .* MP limit"):
+        decode(data, max_pixels=16_000_000)  # refused from the header: OpenCV never runs
 
 
 @pytest.mark.parametrize("name", ["hdr", "jpeg2000", "pgm", "pfm", "pam"])

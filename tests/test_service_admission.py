@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 from ganaudit.core.imaging import image_size  # noqa: E402
 from ganaudit.service.app import ServiceSettings, create_app  # noqa: E402
 
-from ._bombs import BOMBS  # noqa: E402
+from ._bombs import BOMBS, tiff_twice_width  # noqa: E402
 from .conftest import run_cli  # noqa: E402
 from .test_service import multipart, png, served, served_async  # noqa: E402
 
@@ -173,6 +173,34 @@ def test_bombs_in_unread_formats_are_refused_by_the_service(detector, name):
     assert raw.status_code == 422 and f"{fmt} images are not accepted" in raw.json()["detail"]
     assert multi.json()["results"][0]["status"] == "error"
     assert f"{fmt} images are not accepted" in multi.json()["results"][0]["error"]
+
+
+def test_the_service_refuses_a_tiff_that_lists_its_width_twice_from_the_header(detector, monkeypatch):
+    from ganaudit.core import imaging
+
+    decoded: list[int] = []
+    monkeypatch.setattr(imaging, "_cv_decode", lambda d, fmt: decoded.append(len(d)) or (None, None))
+    with served(detector, warmup=False) as client:  # --max-pixels 16 MP; the file claims 8 wide after 7999
+        r = client.post("/v1/detect", content=tiff_twice_width(), headers={"content-type": "image/tiff"})
+    assert r.status_code == 422 and "7999x7999" in r.json()["detail"] and "MP limit" in r.json()["detail"]
+    assert decoded == []  # refused from the header: OpenCV never saw it (it used to decode 512 MB)
+
+
+def test_refused_images_keep_no_frames_alive(detector):
+    """A kept error must not hold its traceback (or the error it replaced): their frames hold the decoded
+    pixels and the result list, a cycle only a full garbage collection frees (hundreds of MB per image)."""
+    import gc
+
+    from ganaudit.service.state import _prepare_all
+
+    cut_png = png(np.zeros((64, 64), np.uint8))[:60]
+    gc.disable()
+    try:
+        errors = _prepare_all(detector, [b"\x89PNG\r\n\x1a\n" + b"\0" * 40, cut_png, b"not an image"])
+    finally:
+        gc.enable()
+    assert all(isinstance(e, Exception) for e in errors)
+    assert all(e.__traceback__ is None and e.__context__ is None and e.__cause__ is None for e in errors)
 
 
 @pytest.fixture(scope="module")

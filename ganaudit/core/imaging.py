@@ -241,6 +241,8 @@ def _tiff_size(d: bytes) -> tuple[int, int] | None:
         else:
             ifd = _u32(d, 4, e)
             count, first, step, value_at = _u16(d, ifd, e), ifd + 2, 12, 8
+        # A tag listed twice is malformed, and decoders differ in which copy they use: take the largest claim,
+        # so a small second width cannot hide the large one a decoder reads.
         dims: dict[int, int] = {}
         for i in range(min(count, 4096)):
             off = first + i * step
@@ -249,12 +251,10 @@ def _tiff_size(d: bytes) -> tuple[int, int] | None:
                 fmt = {3: "H", 4: "I", 16: "Q"}.get(typ)
                 if fmt is None:
                     return None
-                dims[tag] = struct.unpack_from(e + fmt, d, off + value_at)[0]
-                if len(dims) == 2:
-                    return dims[256], dims[257]
+                dims[tag] = max(dims.get(tag, 0), struct.unpack_from(e + fmt, d, off + value_at)[0])
     except struct.error:  # header cut short
         return None
-    return None
+    return (dims[256], dims[257]) if len(dims) == 2 else None
 
 
 _SIZE_READERS = {

@@ -84,8 +84,16 @@ def _prepare_all(detector: Detector, blobs: list[bytes]) -> list[Prepared | Exce
             # bytearray: always treated as encoded image data, never as a server-side file path.
             out.append(detector.prepare(bytearray(blob)))
         except GanauditError as e:
-            out.append(e)
+            out.append(_detached(e))
     return out
+
+
+def _detached(error: GanauditError) -> GanauditError:
+    """The error without its traceback or the exception it replaced: their frames hold the decoded pixels and
+    the list the error is kept in, a cycle that only a full garbage collection frees (hundreds of MB for one
+    refused image)."""
+    error.__traceback__, error.__context__, error.__cause__ = None, None, None
+    return error
 
 
 class Service:
@@ -170,7 +178,7 @@ class Service:
             try:
                 pixels.append(check_header(blob, self.settings.max_pixels))
             except GanauditError as e:  # refused from the header (format or --max-pixels): nothing decoded
-                out[i] = e
+                out[i] = _detached(e)
                 pixels.append(None)
         small = [i for i, px in enumerate(pixels) if px is not None and px <= SMALL_PIXELS]
         if small:
