@@ -106,6 +106,31 @@ def test_default_scan_of_the_demo_flags_the_letters(demo_scan):
     assert not missed, f"letters not flagged: {missed}"
 
 
+def test_moderation_pipeline_never_reads_a_server_file_an_upload_names(default_detector, tmp_path, monkeypatch):
+    """An upload whose bytes are the text of a path on the server: it used to be read as that file, so naming
+    a harmless demo image got the upload allowed, and naming /etc/passwd put its first bytes in the reasons."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("moderation_pipeline", EXAMPLES / "moderation_pipeline.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    normal = next((IMAGES / "normal").glob("*.png"))
+    decisions: list = []
+    stage = mod.ModerationStage(default_detector, decisions.append, workers=1)
+    for i, path in enumerate((normal, secret)):
+        stage.submit(mod.Item(str(i), os.fsencode(path)))
+    stage.submit(mod.Item("real", normal.read_bytes()))
+    stage.close()
+    routes = {d.id: d for d in decisions}
+    assert routes["real"].route == "allow"  # the image itself is normal
+    for i in ("0", "1"):
+        assert routes[i].route == "review" and routes[i].reasons[0].startswith("could not be scored"), routes[i]
+        assert "root:" not in " ".join(routes[i].reasons)
+
+
 def test_moderation_pipeline_routes_the_demo(default_detector):
     res = subprocess.run(
         [sys.executable, str(EXAMPLES / "moderation_pipeline.py"), "--json", "--workers", "2"],

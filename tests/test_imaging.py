@@ -204,8 +204,24 @@ def test_bytes_bytearray_memoryview_and_path_agree(tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(data)
     ref = decode(data)
-    for source in (bytearray(data), memoryview(data), path, str(path), os.fsencode(path)):
+    for source in (bytearray(data), memoryview(data), path, str(path)):
         np.testing.assert_array_equal(decode(source), ref)
+
+
+def test_bytes_are_always_image_data_never_a_path(tmp_path):
+    """Uploads arrive as bytes: bytes that name a file on this machine must not read it (they used to, which
+    let an upload of the text of a server path read that file, or pass as the harmless image it named)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the secret\n")
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(red_blue(), "PNG"))
+    for named in (secret, image):
+        with pytest.raises(ImageDecodeError, match="not a recognised image.*always read as image data") as e:
+            decode(os.fsencode(named))
+        assert "root:" not in str(e.value)
+    for source in (bytearray(os.fsencode(secret)), memoryview(os.fsencode(image))):
+        with pytest.raises(ImageDecodeError, match="not a recognised image"):
+            decode(source)
 
 
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs a file system that allows non-UTF-8 names")
@@ -213,9 +229,8 @@ def test_non_utf8_file_name(tmp_path):
     raw = os.path.join(os.fsencode(tmp_path), b"photo-\xff\xfe.png")
     with open(raw, "wb") as f:
         f.write(encode(red_blue(), "PNG"))
-    for source in (raw, os.fsdecode(raw)):
-        out = decode(source)
-        assert tuple(out[0, 0]) == RED
+    out = decode(os.fsdecode(raw))  # the str form of a bytes path (surrogate escapes) reads the file
+    assert tuple(out[0, 0]) == RED
 
 
 def test_arrays_of_every_supported_dtype():
@@ -273,8 +288,8 @@ def test_missing_file(tmp_path):
         decode(tmp_path / "nope.png")
 
 
-def test_bytes_that_name_a_missing_file_get_a_hint(tmp_path):
-    with pytest.raises(ImageDecodeError, match="not a recognised image.*no such file exists: .*nope.png"):
+def test_bytes_that_look_like_a_path_get_a_hint(tmp_path):
+    with pytest.raises(ImageDecodeError, match="not a recognised image.*pass its path as a str or pathlib.Path"):
         decode(os.fsencode(tmp_path / "nope.png"))
 
 

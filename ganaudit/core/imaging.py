@@ -651,17 +651,17 @@ def _decode_bytes(d: bytes, max_pixels: int | None, what: str, hint: str = "") -
     return out
 
 
-def _is_bytes_path(b: bytes) -> bool:
-    """A ``bytes`` source is a path (e.g. from os.fsencode) when it names an existing file system entry."""
-    return len(b) <= _MAX_BYTES_PATH and b"\x00" not in b and _sniff(b) is None and os.path.lexists(b)
-
-
 def _path_hint(b: bytes) -> str:
-    """For bytes that are not an image but look like a file name, say the file does not exist."""
+    """For bytes that are not an image but look like a file name: how to pass a path. The file system is never
+    consulted: bytes come from uploads, and whether a file exists is not the uploader's to learn."""
     looks_like_path = len(b) <= _MAX_BYTES_PATH and b"\x00" not in b and (
         b"/" in b or os.sep.encode() in b or os.path.splitext(b)[1].lower().decode("latin-1") in IMAGE_EXTENSIONS
     )
-    return f"; if it was meant as a file path, no such file exists: {_shown(b)}" if looks_like_path else ""
+    return (
+        "; bytes are always read as image data: to read a file, pass its path as a str or pathlib.Path "
+        "(os.fsdecode turns a bytes path into one)"
+        if looks_like_path else ""
+    )  # fmt: skip
 
 
 def decode(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -670,8 +670,8 @@ def decode(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
     Parameters
     ----------
     source
-        A path (str, os.PathLike, or ``bytes`` from ``os.fsencode`` naming an existing file), encoded
-        image data (bytes, bytearray, memoryview), or an array: HxW or HxWx1 (gray), HxWx2 (gray +
+        A path (str or os.PathLike), encoded image data (bytes, bytearray, memoryview: always data, never
+        read as a path, so an upload cannot name a server file), or an array: HxW or HxWx1 (gray), HxWx2 (gray +
         alpha), HxWx3 (RGB), HxWx4 (RGBA); uint8, uint16, bool, or float in [0, 1], in either byte order.
     max_pixels
         Refuse images with more pixels than this (checked from the header, before decoding).
@@ -682,11 +682,11 @@ def decode(source: Source, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
     """
     if isinstance(source, np.ndarray):
         return _normalise(source, max_pixels=max_pixels)
-    if isinstance(source, bytes) and not _is_bytes_path(source):
+    if isinstance(source, bytes):
         return _decode_bytes(source, max_pixels, "data", _path_hint(source))
     if isinstance(source, (bytearray, memoryview)):
         return _decode_bytes(bytes(source), max_pixels, "data")
-    if isinstance(source, (str, bytes, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         return _decode_bytes(_read_file(path, max_pixels), max_pixels, "file")
     raise TypeError(

@@ -81,8 +81,7 @@ def _prepare_all(detector: Detector, blobs: list[bytes]) -> list[Prepared | Exce
     out: list[Prepared | Exception] = []
     for blob in blobs:
         try:
-            # bytearray: always treated as encoded image data, never as a server-side file path.
-            out.append(detector.prepare(bytearray(blob)))
+            out.append(detector.prepare(blob))  # bytes are always image data, never a path
         except GanauditError as e:
             out.append(_detached(e))
     return out
