@@ -48,6 +48,22 @@ def test_python_api_refuses_non_finite_and_non_number_thresholds(tiny_model):
     assert det.detect(np.zeros((28, 28), np.uint8), anomaly_threshold=1e30).anomaly_flag is False
 
 
+@pytest.mark.parametrize("value", [-1, -0.01, 1.5, 2])
+def test_generated_thresholds_outside_0_1_are_refused(tiny_model, value):
+    """The generated threshold is a probability: -1 flagged every image, 2 none."""
+    with pytest.raises(ConfigError, match="generated_threshold is a probability: it must be from 0 to 1"):
+        Detector.load(tiny_model).detect(np.zeros((28, 28), np.uint8), generated_threshold=value)
+    with pytest.raises(ConfigError, match="from 0 to 1"):
+        Detector.load(tiny_model, generated_threshold=value)
+
+
+@needs_digits
+def test_scan_refuses_a_generated_threshold_outside_0_1(folder, tmp_path):
+    res = run_cli("scan", folder, "--model", "digits", "--out", tmp_path / "r", "--generated-threshold=-1")
+    assert res.exit_code == 2 and "generated_threshold is a probability" in res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "r" / "summary.json").exists()
+
+
 @needs_digits
 def test_shipped_names_work_for_info_load_and_python_m(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no file named "digits" here

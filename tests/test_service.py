@@ -731,6 +731,18 @@ def test_model_without_a_generated_head_has_null_generated_fields(no_head_model,
     assert total == 4
 
 
+def test_generated_thresholds_outside_0_1_are_refused_by_both_apis(head_model, digits):
+    b64 = base64.b64encode(digits["zeros"][0]).decode()
+    with served(Detector.load(head_model)) as client:
+        v1 = [client.post("/v1/detect", params={"generated_threshold": v}, files=multipart(digits["zeros"][:1]))
+              for v in (-5, 2.0)]  # fmt: skip
+        oip = [client.post("/v2/models/tiny-head/infer", json={
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}],
+            "parameters": {"generated_threshold": v}}) for v in (-5, 2.0)]  # fmt: skip
+    for r in v1 + oip:
+        assert r.status_code in (400, 422) and "from 0 to 1" in r.text, r.text
+
+
 def test_model_with_a_generated_head_serves_its_scores_flags_and_threshold(head_model, digits):
     det = Detector.load(head_model)
     noise = png((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8))

@@ -46,6 +46,15 @@ def check_threshold(name: str, value: float) -> float:
     return number
 
 
+def check_probability_threshold(name: str, value: float) -> float:
+    """A threshold on a probability (the generated head's): a finite number from 0 to 1 (above 1 nothing is
+    ever flagged, below 0 everything is)."""
+    number = check_threshold(name, value)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{name} is a probability: it must be from 0 to 1, got {value!r:.60}")
+    return number
+
+
 def threshold_at_fpr(scores: np.ndarray, fpr: float) -> float:
     """The (1 - fpr) quantile of normal scores, interpolated like the stored quantile table."""
     return float(np.quantile(np.asarray(scores, np.float64), 1 - check_fpr(fpr)))

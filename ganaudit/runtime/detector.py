@@ -21,7 +21,7 @@ from ..core.imaging import DEFAULT_MAX_PIXELS, decode, native_crops, preprocess,
 from ..core.shipped import resolve_model, shipped_models
 from ..core.spec import METADATA_KEY, ModelSpec
 from ..core.threads import session_options
-from ..core.thresholds import apply_calibration, check_fpr, check_threshold, percentile, threshold_from_quantiles
+from ..core.thresholds import apply_calibration, check_fpr, check_probability_threshold, check_threshold, percentile, threshold_from_quantiles
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 ANOMALY, GENERATED = "anomaly", "generated"
@@ -345,7 +345,7 @@ class Detector:
             anomaly = check_threshold("anomaly_threshold", anomaly_threshold)
             how[ANOMALY] = SET_EXPLICITLY.format(head=ANOMALY)
         if generated_threshold is not None:
-            generated = check_threshold("generated_threshold", generated_threshold)
+            generated = check_probability_threshold("generated_threshold", generated_threshold)
             how[GENERATED] = SET_EXPLICITLY.format(head=GENERATED)
         return Thresholds(anomaly, generated, how)
 

@@ -237,9 +237,12 @@ class Service:
                 status, "invalid_request",
                 f"generated_threshold: model {self.name!r} has no generated-image head; leave the parameter out",
             )  # fmt: skip
-        return self.detector.resolve_thresholds(
-            anomaly_threshold=anomaly, generated_threshold=generated, base=self.detector.thresholds
-        )
+        try:
+            return self.detector.resolve_thresholds(
+                anomaly_threshold=anomaly, generated_threshold=generated, base=self.detector.thresholds
+            )
+        except ConfigError as e:  # e.g. a generated threshold outside 0-1
+            raise ServiceError(status, "invalid_request", str(e)) from None
 
     def check_model(self, name: str) -> None:
         if name != self.name:
