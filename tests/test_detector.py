@@ -216,6 +216,22 @@ def test_info_prints_the_spec(tiny_model):
     assert js["name"] == "tiny-zeros" and len(js["spec_hash"]) == 16
 
 
+def test_info_escapes_control_characters_from_the_model(tiny_model, tmp_path):
+    """A model comes from strangers too: an escape sequence in its name must not retitle or rewrite the
+    terminal that `ganaudit info` prints to."""
+    onnx = pytest.importorskip("onnx")
+    from ganaudit.core.spec import METADATA_KEY
+
+    model = onnx.load(str(tiny_model))
+    prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    prop.value = json.dumps({**json.loads(prop.value), "name": "evil\x1b]0;pwned\x07\rfine\x9b2J"})
+    onnx.save(model, str(tmp_path / "evil.onnx"))
+    res = run_cli("info", tmp_path / "evil.onnx")
+    assert res.exit_code == 0, res.stderr
+    assert not any(c in res.stdout for c in "\x1b\x07\r\x9b")
+    assert "evil\\x1b]0;pwned\\x07\\x0dfine\\x9b2J" in res.stdout
+
+
 def test_info_prints_the_shipped_models_domain_gate():
     res = run_cli("info", "digits")
     assert res.exit_code == 0, res.stderr

@@ -90,8 +90,14 @@ def test_python_api_type_errors_name_what_is_accepted(tiny_model):
             det.detect(bad)
     with pytest.raises(TypeError, match="path, a shipped model's name or the model's bytes"):
         Detector.load(None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="cannot decode a NoneType"):
-        det.detect([None])
+    # in a list, an item that is not an image (None from a failed download, say) fails alone
+    img = np.zeros((28, 28), np.uint8)
+    first, bad, last = det.detect([img, None, img])
+    assert first.status == last.status == "ok" and first.anomaly_score == pytest.approx(last.anomaly_score, rel=1e-5)
+    assert bad.status == "error" and "not an image: a NoneType; pass a path, encoded bytes" in bad.error
+    assert det.detect([]) == []
+    with pytest.raises(ValueError, match="batch is empty"):
+        det.run(np.empty((0, 1, 32, 32), np.float32))
 
 
 def test_long_values_are_cut_in_messages(tiny_model):

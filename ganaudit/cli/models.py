@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ..core.spec import describe_spec, input_text
-from .common import friendly_errors
+from .common import friendly_errors, terminal_safe
 
 
 def describe_model(name: str, path: Path, default: str) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def info(
         from ..audit.after_training import summary
 
         lines.append(f"audit:         {summary(prov['audit'])} ({prov['audit']['n_generated']} samples, after training)")
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(terminal_safe(line) for line in lines))  # the spec's text comes with the file
 
 
 def register_info(app: typer.Typer) -> None:

@@ -386,8 +386,11 @@ class Detector:
         """Raw model outputs for a preprocessed NCHW float32 batch, in chunks of ``rows_per_call``.
 
         A model with a generated-image head also takes ``crops`` [N, K, C, S, S] (imaging.native_crops of each
-        image); without them each image's ``batch`` tensor stands in for all K crops.
+        image); without them each image's ``batch`` tensor stands in for all K crops. Raises ValueError for an
+        empty batch (there is nothing to run; :meth:`score_prepared` and :meth:`detect` take empty lists).
         """
+        if len(batch) == 0:
+            raise ValueError("Detector.run needs at least one image: the batch is empty")
         if self.uses_crops and crops is None:
             crops = self._tensor_as_crops(batch)
         if self.uses_crops:
@@ -501,7 +504,7 @@ class Detector:
         A single input returns one Verdict, a list returns a list in the same order. An image
         that cannot be decoded gives a Verdict with ``status="error"``; it never raises.
         """
-        single = isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray))
+        single = isinstance(x, IMAGE_TYPES)
         if not single and (isinstance(x, (Mapping, Set)) or not isinstance(x, Iterable)):
             raise TypeError(
                 f"detect takes an image (a path, encoded bytes or a numpy array) or a list of them, not "
@@ -515,6 +518,9 @@ class Detector:
         results: list[Verdict | None] = [None] * len(sources)
         ok_idx, ok_items = [], []
         for i, src in enumerate(sources):
+            if not isinstance(src, IMAGE_TYPES):  # e.g. None from a failed download: that item only
+                results[i] = error_verdict(None, f"not an image: a {type(src).__name__}; {ACCEPTED}")
+                continue
             try:
                 ok_items.append(self.prepare(src))
                 ok_idx.append(i)
@@ -523,6 +529,10 @@ class Detector:
         for i, v in zip(ok_idx, self.score_prepared(ok_items, include_map=include_map, thresholds=thr)):
             results[i] = v
         return results[0] if single else results  # type: ignore[return-value]
+
+
+IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
+ACCEPTED = "pass a path, encoded bytes or a numpy array"
 
 
 def error_verdict(source: Any, error: Exception | str) -> Verdict:
