@@ -988,3 +988,32 @@ def test_kserve_binary_requests_that_do_not_add_up_get_400(detector, digits):
     assert all("data" not in o for o in body["outputs"]) and sum(sizes) == len(ok.content) - n
     score = struct.unpack("<f", ok.content[n : n + 4])[0]
     assert score == pytest.approx(detector.detect(png0).anomaly_score, rel=1e-5)
+
+
+def test_kserve_requests_with_millions_of_values_are_refused_before_parsing(detector, digits):
+    """Parsing runs on the event loop: 6.6 million empty lists in a 20 MB JSON body stalled every request
+    (health probes included) for 4.6 s, and 5 million empty binary elements would loop as long. Both are
+    refused from a count (413) before any parsing; a request of --max-queue images still passes."""
+    import struct
+
+    url = "/v2/models/tiny-zeros/infer"
+    b64 = base64.b64encode(digits["zeros"][0]).decode()
+
+    def infer_json(data: list, shape: list[int]) -> dict:
+        return {"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES", "data": data}]}
+
+    n = 200_000
+    empties = struct.pack("<I", 0) * n
+    bin_head = json.dumps({"inputs": [{"name": "image", "shape": [n], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": len(empties)}}]}).encode()  # fmt: skip
+    with served(detector, warmup=False, max_queue=8) as client:
+        lists = client.post(url, json=infer_json([[]] * n, [n]))
+        zeros = client.post(url, json=infer_json([0] * n, [n]))
+        binary_many = client.post(url, content=bin_head + empties, headers={
+            "content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(bin_head))})
+        full = client.post(url, json=infer_json([b64] * 8, [8]))
+    for r in (lists, zeros):
+        assert r.status_code == 413 and r.json()["error"].startswith("too_many_values"), r.text
+        assert "--max-queue" in r.json()["detail"]
+    assert binary_many.status_code == 413 and binary_many.json()["error"].startswith("too_many_images"), binary_many.text
+    assert full.status_code == 200 and len(full.json()["outputs"][0]["data"]) == 8

@@ -33,7 +33,8 @@ def _error_response(status: int, error: str, detail: str, headers: dict[str, str
 def _kserve_error(request: Request, code: str, detail: str) -> str:
     """The ``error`` field: the code, and on /v2 routes the code then the detail, since the Open Inference
     Protocol's clients (tritonclient) show only ``error`` (e.g. "invalid_request: input 'image' element 1: ...")."""
-    return f"{code}: {detail}" if request.url.path.startswith("/v2/") else code
+    path = request.url.path
+    return f"{code}: {detail}" if path == "/v2" or path.startswith("/v2/") else code
 
 
 def add_error_handlers(app: FastAPI) -> None:
