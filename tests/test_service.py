@@ -1017,3 +1017,24 @@ def test_kserve_requests_with_millions_of_values_are_refused_before_parsing(dete
         assert "--max-queue" in r.json()["detail"]
     assert binary_many.status_code == 413 and binary_many.json()["error"].startswith("too_many_images"), binary_many.text
     assert full.status_code == 200 and len(full.json()["outputs"][0]["data"]) == 8
+
+
+def test_kserve_shapes_must_be_one_or_two_integers_and_data_comes_one_way(detector, digits):
+    import struct
+
+    url = "/v2/models/tiny-zeros/infer"
+    b64 = base64.b64encode(digits["zeros"][0]).decode()
+    with served(detector, warmup=False) as client:
+        bad_shapes = [client.post(url, json={"inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                                         "data": [b64]}]}) for shape in (["1"], [True], [], [1, 1, 1])]  # fmt: skip
+        png0 = digits["zeros"][0]
+        blob = struct.pack("<I", len(png0)) + png0
+        head = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64],
+                                       "parameters": {"binary_data_size": len(blob)}}]}).encode()  # fmt: skip
+        both = client.post(url, content=head + blob, headers={
+            "content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))})
+        ok = client.post(url, json={"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [[b64]]}]})
+    for r in bad_shapes:
+        assert r.status_code == 400 and "shape" in r.json()["detail"], r.text
+    assert both.status_code == 400 and "both data and binary_data_size" in both.json()["detail"]
+    assert ok.status_code == 200

@@ -201,7 +201,7 @@ def _read(path: str, max_pixels: int) -> tuple[bytes | None, str | None, int | N
     except ImageDecodeError as e:
         return None, str(e), size, mtime
     except FileNotFoundError:
-        return None, "file not found (deleted or moved during the scan?)", size, mtime
+        return None, "file not found (no such path, or deleted or moved since it was listed)", size, mtime
     except PermissionError:
         return None, "permission denied (check the file's read permission)", size, mtime
     except OSError as e:

@@ -181,6 +181,8 @@ def _one_bytes_input(payload: S.InferRequest, raw: list[bytes | None], max_image
         raise ServiceError(400, "invalid_request", f"input {inp.name!r} must have datatype BYTES, got {inp.datatype!r}")
     if inp.data is None and raw[0] is None:
         raise ServiceError(400, "invalid_request", f"input {inp.name!r} has no data and no binary_data_size")
+    if inp.data is not None and raw[0] is not None:
+        raise ServiceError(400, "invalid_request", f"input {inp.name!r} has both data and binary_data_size: give one")
     try:
         data = _flatten(inp.data) if raw[0] is None else binary.decode_bytes_elements(raw[0], max_images)
     except binary.TooManyElements:

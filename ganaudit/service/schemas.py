@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 # --------------------------------------------------------------------------- errors
 
@@ -213,7 +213,7 @@ Parameters = dict[str, Union[str, int, float, bool]]
 
 class RequestInput(BaseModel):
     name: str = Field(description="Any name; the model takes one input (its metadata calls it 'image').")
-    shape: list[int] = Field(description="[N] (or [N, 1]): N images.")
+    shape: list[StrictInt] = Field(description="[N] (or [N, 1]): N images.", min_length=1, max_length=2)
     datatype: str = Field(description="Must be BYTES.")
     parameters: Optional[Parameters] = None
     data: Optional[TensorData] = Field(
