@@ -502,6 +502,20 @@ def test_an_image_that_fails_preprocessing_is_an_error_verdict_not_a_failed_batc
     assert verdicts[1].status == "ok"
 
 
+def test_a_model_declaring_a_huge_tensor_is_called_corrupt_not_external(tmp_path):
+    """onnxruntime advises "Use external data for large initializers" for a 1 TB embedded tensor: that is a
+    corrupt (or hostile) file, not one that refers to external data."""
+    weight = onnx.TensorProto(name="w", data_type=onnx.TensorProto.UINT8, dims=[2**40])
+    weight.raw_data = b"\0" * 8
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.UINT8, [2**40])], [weight])  # fmt: skip
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    with pytest.raises(ModelFormatError, match="is not a loadable ONNX model .*exceeds") as e:
+        Detector.load(path)
+    assert "refers to external data" not in str(e.value)
+
+
 def test_a_model_cannot_read_files_through_external_data(tiny_model, tmp_path, monkeypatch):
     """From bytes, onnxruntime resolved external data against the current folder: a hostile model read a
     secret next to the user into its weights and leaked it through a component output."""

@@ -284,7 +284,8 @@ class Detector:
                 session = ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "external data" in first.lower():
+            low = first.lower()
+            if "external data" in low and "use external data" not in low:  # not ORT's advice for huge tensors
                 raise ModelFormatError(
                     f"{origin} refers to external data files; a ganaudit detector is one self-contained .onnx file"
                 ) from None
