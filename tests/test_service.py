@@ -370,6 +370,7 @@ def test_api_key_required_when_configured_and_compared_for_both_headers(detector
     assert meta_head.status_code == 200 and meta_head.content == b""
     assert meta_head_closed.status_code == 401 and meta_head_closed.content == b""
     assert detect_head.status_code == 405  # POST only
+    assert detect_head.headers["allow"] == "POST"
     for r in (missing, wrong, wrong_x, metrics_closed, infer_closed, meta_closed, *ready_closed):
         assert r.status_code == 401 and "tiny-zeros" not in r.text
         assert r.json()["error"] == "unauthorized"
@@ -544,6 +545,7 @@ def test_ready_only_after_the_warm_up_batch(detector, digits):
         r = client.get("/v2/health/ready")
         assert r.status_code == 503 and r.json() == {"ready": False}
         assert client.head("/v2/health/ready").status_code == 503  # probes that send HEAD (was a 405)
+        assert client.post("/v2/health/live").headers["allow"] == "GET, HEAD"  # what a 405 says is allowed
         assert client.head("/v2/health/live").status_code == 200
         assert client.get("/v2/models/tiny-zeros/ready").json() == {"name": "tiny-zeros", "ready": False}
         assert "ganaudit_ready 0" in scrape(client)

@@ -52,7 +52,19 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     code = _kserve_error(request, code, str(exc.detail))
-    return _error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return _error_response(exc.status_code, code, str(exc.detail), _with_head_allowed(dict(exc.headers or {})))
+
+
+def _with_head_allowed(headers: dict[str, str]) -> dict[str, str]:
+    """A 405's ``Allow``: every GET route also answers HEAD (limits.HeadAsGet), so say so."""
+    allow = headers.get("Allow") or headers.get("allow")
+    if allow is None:
+        return headers
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        headers["Allow"] = ", ".join([*methods, "HEAD"])
+    return headers
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
