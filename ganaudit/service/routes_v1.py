@@ -91,7 +91,8 @@ async def detect(
     ] = None,
     generated_threshold: Annotated[
         Optional[float],
-        Query(description="Override the generated-probability threshold for this request.", allow_inf_nan=False),
+        Query(description="Override the generated-probability threshold (0 to 1) for this request.", allow_inf_nan=False,
+              ge=0.0, le=1.0),
     ] = None,
     include_map: Annotated[bool, Query(description="Add a base64 PNG heat map to each result.")] = False,
 ) -> Response:
