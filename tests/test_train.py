@@ -178,6 +178,31 @@ def test_hostile_idx_files_are_refused_by_their_header_without_reading_the_rest(
     assert res.exit_code == 2 and "declares more than" in res.stderr and not (tmp_path / "run").exists()
 
 
+def test_a_small_file_that_declares_many_images_is_refused_before_memory_runs_out(tmp_path, monkeypatch):
+    """A 1 KB .gz declaring a million 1x1 images: each is enlarged to --size, and training reached 9.5 GB of
+    memory before failing. The preprocessed set is bounded by an eighth of the machine's memory (here set low)."""
+    import gzip
+
+    from ganaudit.training import datasets
+
+    many = tmp_path / "many-images-idx3-ubyte.gz"
+    with gzip.open(many, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (1_000_000).to_bytes(4, "big") + (1).to_bytes(4, "big") * 2 + bytes(1_000_000))
+    monkeypatch.setattr(datasets, "dataset_budget", lambda: 20 * 2**20)  # 20 MiB: 1,706 images of 3x32x32
+    res = run_cli("train", many, "--out", tmp_path / "run", "--size", "32", "--channels", "3", "--no-progress")
+    assert res.exit_code == 2 and "more than 1706 images, over 20 MiB" in res.stderr, res.output
+    assert "once preprocessed to 32 px" in res.stderr and "--index-range" in res.stderr, res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "run").exists()
+    labels = tmp_path / "lab-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") * 2 + bytes(2))
+    images = tmp_path / "lab-images-idx3-ubyte"
+    images.write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") + (4).to_bytes(4, "big") * 2 + bytes(32))
+    for args, message in (([images, "--labels", labels, "--label", "0"], "a labels IDX file is 1-D"),
+                          ([f"{images}?label=x"], "must be a whole number")):  # fmt: skip
+        res = run_cli("train", *args, "--out", tmp_path / "run2", "--no-progress")
+        assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output, res.output
+
+
 def test_sklearn_digits_query_label():
     ds = load_dataset("sklearn:digits?label=3", size=16)
     assert len(ds) == 183 and set(ds.labels.tolist()) == {3}

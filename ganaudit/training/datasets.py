@@ -93,7 +93,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raw_dims = f.read(4 * magic[3])
             dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(len(raw_dims) // 4)]
             size = math.prod(dims)
-            if len(dims) != magic[3] or size > MAX_IDX_BYTES:
+            if len(dims) != magic[3] or size > MAX_IDX_BYTES or max(dims, default=0) > MAX_IDX_BYTES:
                 raise ConfigError(f"{p}: its header ({dims}) is cut short or declares more than {MAX_IDX_BYTES} bytes")
             data = f.read(size + 1)
     except (OSError, EOFError) as e:
@@ -157,7 +157,10 @@ def iter_source(
     """Open a data source. Returns an iterator of (id, decoded uint8 image, label) and a description."""
     base, query = _split_query(source)
     if "label" in query and label is None:
-        label = int(query["label"])
+        try:
+            label = int(query["label"])
+        except ValueError:
+            raise ConfigError(f"label={query['label']!r} in {source!r} must be a whole number") from None
     start, stop = parse_index_range(index_range or query.get("range"))
     desc = {"source": base, "label": label, "index_range": [start, stop]}
     skipped = [] if skipped is None else skipped
@@ -177,6 +180,8 @@ def iter_source(
             raise ConfigError(f"{path} holds {images.ndim}-D data; an image IDX file is 3-D (N, H, W)")
         lab_path = Path(labels_file) if labels_file else guess_labels_file(path)
         labels = read_idx(lab_path) if lab_path else None
+        if labels is not None and labels.ndim != 1:
+            raise ConfigError(f"{lab_path} holds {labels.ndim}-D data; a labels IDX file is 1-D (N)")
         if labels is not None and len(labels) != len(images):
             raise ConfigError(f"{lab_path} has {len(labels)} labels for {len(images)} images")
         if label is not None and labels is None:
@@ -186,6 +191,15 @@ def iter_source(
     raise ConfigError(
         f"cannot tell what {path} is: give an image folder, an IDX file (name containing 'idx'), or {SKLEARN_DIGITS}"
     )
+
+
+def dataset_budget() -> int:
+    """The most bytes a preprocessed data set may take: an eighth of the machine's memory (stacking it into
+    one array doubles that for a moment). A 1 KB IDX file declaring a million 1x1 images took 9.5 GB."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): 2 GiB
+        return 2**31
 
 
 def load_dataset(
@@ -218,7 +232,14 @@ def load_dataset(
         from tqdm import tqdm
 
         items = tqdm(items, desc="loading images", unit="img", leave=False)
+    budget, row_bytes = dataset_budget(), 4 * spec.channels * size * size
     for ident, image, lab in items:
+        if (len(rows) + 1) * row_bytes > budget:
+            raise ConfigError(
+                f"{source}: more than {len(rows)} images, over {budget / 2**20:,.0f} MiB once preprocessed to {size} px "
+                f"(an eighth of this machine's memory); train on part of it (--index-range, a label) or at a "
+                f"smaller --size"
+            )  # fmt: skip
         all_gray &= image.ndim == 2 or image.shape[2] == 1
         ids.append(ident)
         rows.append(preprocess(image, spec))
