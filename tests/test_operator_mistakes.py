@@ -64,6 +64,20 @@ def test_scan_refuses_a_generated_threshold_outside_0_1(folder, tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "r" / "summary.json").exists()
 
 
+def test_export_and_sample_never_write_over_the_runs_own_files(tiny_run, tmp_path):
+    """`export -o RUN/checkpoints/last.pt` said "wrote ..." and the run was gone (the next export: unreadable)."""
+    before = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()}
+    for target in ("checkpoints/last.pt", "config.json", "run.json", "samples/new.png", "audit/x.onnx"):
+        for cmd in (["export", tiny_run], ["sample", tiny_run, "-n", "4"]):
+            res = run_cli(*cmd, "-o", tiny_run / target)
+            assert res.exit_code == 2 and "own files: writing it would destroy the run" in res.stderr, res.output
+    assert {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()} == before
+    res = run_cli("sample", tiny_run, "-n", "100000000", "-o", tmp_path / "g.png")
+    assert res.exit_code == 2 and "-n must be from 1 to 10,000" in res.stderr
+    res = run_cli("sample", tiny_run, "-n", "4", "-o", tmp_path / "g.png")  # beside the run: fine
+    assert res.exit_code == 0 and (tmp_path / "g.png").is_file()
+
+
 @needs_digits
 def test_shipped_names_work_for_info_load_and_python_m(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no file named "digits" here

@@ -226,6 +226,9 @@ def config_from_options(options: dict[str, Any]) -> Any:
     return TrainConfig(**given)
 
 
+MAX_SAMPLES = 10_000  # one grid image; -n 100000000 tried to draw 25 GB at once
+
+
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A training run directory.")],
     n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
@@ -236,10 +239,12 @@ def sample(
     require_training_extra()
     from ..core.atomic import atomic_write
     from ..core.grid import encode_png, make_grid
+    from ..training.rundir import RunDir
     from ..training.train import sample as draw
 
-    if n < 1:
-        raise fail("-n must be at least 1")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise fail(f"-n must be from 1 to {MAX_SAMPLES:,} (one grid image), got {n}")
+    RunDir(run_dir).refuse_output(output)
     atomic_write(output, encode_png(make_grid(draw(run_dir, n, seed))))
     typer.echo(str(output))
 

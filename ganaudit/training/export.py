@@ -101,6 +101,7 @@ def export(
     """
     run_dir, output = Path(run_dir), Path(output)
     check_options(fpr, quantize, score, layout, patch_bank)
+    RunDir(run_dir).refuse_output(output)
     cfg, nets, ckpt = load_networks(run_dir)
     if ckpt["step"] < cfg.total_steps:
         msg = f"{run_dir} is not finished (step {ckpt['step']} of {cfg.total_steps})"

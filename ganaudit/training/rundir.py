@@ -66,6 +66,21 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
 
+    def owns(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` is one of the run's own files or inside one of its folders (an output written there
+        would destroy the run: `export -o RUN/checkpoints/last.pt` did)."""
+        target = Path(os.path.abspath(path))
+        root = Path(os.path.abspath(self.root))
+        if target.parent == root:
+            return target.name in (CONFIG, RUN_INFO, VALIDATION, VALIDATION_NATIVE, MEMORY_BANK, METRICS)
+        folders = (Path(CHECKPOINT).parent.name, SNAPSHOTS, SAMPLES, AUX_POOL, AUDIT_DIR)
+        return any(target.is_relative_to(root / folder) for folder in folders)
+
+    def refuse_output(self, path: str | os.PathLike) -> None:
+        """ConfigError when an output at ``path`` would overwrite one of the run's own files."""
+        if self.owns(path):
+            raise ConfigError(f"{path} is one of {self.root}'s own files: writing it would destroy the run; write elsewhere")
+
     # --- paths ------------------------------------------------------------------------------------------
     config = property(lambda self: self.root / CONFIG)
     run_info = property(lambda self: self.root / RUN_INFO)
