@@ -276,6 +276,20 @@ def test_error_lines_never_send_control_characters_to_the_terminal(tmp_path):
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr and "x\\x1b]0;pwned\\x07y.png" in res.stderr
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="names with escape characters")
+def test_warnings_never_send_control_characters_to_the_terminal(tmp_path):
+    """The warning that lists skipped files named a stranger's file raw (only error lines were escaped)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "evil\x1b]0;PWN\x07name.png").write_bytes(b"not an image")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    res = subprocess.run([sys.executable, "-m", "ganaudit", "train", str(data), "--out", str(tmp_path / "run")],
+                         capture_output=True, timeout=120, env=env)  # fmt: skip
+    err = res.stderr.decode("utf-8", "replace")
+    assert res.returncode == 2 and "WARNING: skipped 1 unreadable file(s)" in err, err
+    assert "\x1b" not in err and "\x07" not in err and "evil\\x1b]0;PWN\\x07name.png" in err
+
+
 def _tampered(run, tmp_path, name, change):
     import shutil
 

@@ -18,7 +18,9 @@ import typer
 
 from .. import __version__
 from . import audit, models, scan, serve, training
-from .common import EXIT_INTERNAL, EXIT_OS, EXIT_USAGE, fail, friendly_errors, progress_wanted, set_quiet
+from .common import (
+    EXIT_INTERNAL, EXIT_OS, EXIT_USAGE, TerminalSafeFormatter, fail, friendly_errors, progress_wanted, set_quiet,
+)
 
 __all__ = ["app", "main", "fail", "friendly_errors", "progress_wanted", "EXIT_USAGE", "EXIT_OS", "EXIT_INTERNAL"]
 
@@ -52,7 +54,9 @@ def _root(
 
     share_cores()  # before any command imports torch: libgomp reads its wait policy once
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalSafeFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger().setLevel(level)
 
 

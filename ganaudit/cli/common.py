@@ -44,6 +44,14 @@ def terminal_safe(text: str) -> str:
     return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+class TerminalSafeFormatter(logging.Formatter):
+    """Log records with :func:`terminal_safe` applied to each line: a warning that names a stranger's file
+    (``skipped 1 unreadable file(s): evil\x1b]0;...``) must not reach the terminal raw either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(terminal_safe(line) for line in super().format(record).split("\n"))
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + f"... ({len(text)} characters)"
 
