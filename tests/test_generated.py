@@ -440,3 +440,43 @@ def test_a_spec_without_inputs_reads_as_image_only():
     d = json.loads(spec.to_json())
     d.pop("inputs")
     assert ModelSpec.from_json(json.dumps(d)).inputs == ["image"]
+
+
+def test_hostile_snapshots_and_checkpoints_are_clear_errors_without_unsafe_advice(tmp_path):
+    """A snapshot holding a pickle, garbage or another net's weights was an internal error (exit 5), and the
+    messages relayed torch's advice to retry with weights_only=False, which would run the file's code."""
+    import pickle
+    import shutil
+
+    args = ["sklearn:digits?label=3", "--size", "16", "--width", "8", "--z-dim", "8", "--batch-size", "16",
+            "--steps", "12", "--encoder-steps", "4", "--head-steps", "4", "--sample-every", "6",
+            "--checkpoint-every", "6", "--no-progress", "--no-audit"]  # fmt: skip
+    base = tmp_path / "base"
+    assert run_cli("train", *args, "--out", base).exit_code == 0
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("PWNED",))
+
+    cases = {
+        "pickle": pickle.dumps({"w": Payload()}),
+        "garbage": b"not a torch file at all",
+        "other-net": None,  # a valid tensor file with the wrong keys
+    }
+    for name, content in cases.items():
+        run = tmp_path / name
+        shutil.copytree(base, run)
+        snapshot = sorted((run / "snapshots").iterdir())[0]
+        if content is None:
+            torch.save({"unexpected.weight": torch.zeros(2)}, snapshot)
+        else:
+            snapshot.write_bytes(content)
+        res = run_cli("train", *args, "--out", run, "--retrain-head")
+        assert res.exit_code == 2 and "generator snapshot" in res.stderr, (name, res.output)
+        assert "weights_only" not in res.output and "PWNED" not in res.output and "Traceback" not in res.output
+    run = tmp_path / "checkpoint"
+    shutil.copytree(base, run)
+    (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps({"w": Payload()}))
+    res = run_cli("export", run, "-o", tmp_path / "m.onnx")
+    assert res.exit_code == 2 and "checkpoint" in res.stderr and "never unpickles" in res.stderr, res.output
+    assert "weights_only" not in res.output and "PWNED" not in res.output

@@ -30,6 +30,8 @@ from torch import nn
 from ..core.imaging import head_regions, native_regions, regions_to_input, stack_head_regions
 from .nets import Discriminator, Encoder, Generator
 from .rundir import RunDir
+from .torch_files import load_tensors
+from ..core.errors import ModelFormatError
 from ..core.spec import PreprocessSpec
 
 N_SNAPSHOTS = 6
@@ -252,7 +254,12 @@ def load_snapshots(run_dir: Path, like: Generator) -> list[Generator]:
     out = []
     for path in RunDir(run_dir).snapshots():
         G = copy.deepcopy(like).cpu()
-        G.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        state = load_tensors(path, "generator snapshot")
+        try:
+            G.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:  # wrong keys or shapes, or not a state dict
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFormatError(f"generator snapshot {path} does not fit this run's generator ({first})") from None
         out.append(G.eval())
     return out
 

@@ -36,6 +36,7 @@ from .generated import (
 )  # fmt: skip
 from .aux_generators import aux_pool, parse_families
 from ..core.layout import alignment, is_stationary
+from .torch_files import load_tensors
 from .losses import LOSSES, diff_augment, gradient_penalty, instance_noise, izif_loss, parse_augment, r1_penalty
 from .nets import D_HEADS, Discriminator, Encoder, Generator, rotation_targets
 from .rundir import MEMORY_BANK, MEMORY_BANK_MAX, RunDir
@@ -294,10 +295,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     path = RunDir(run_dir).checkpoint
     if not path.is_file():
         raise ModelFormatError(f"no checkpoint in {run_dir}: expected {path}. Train first, or drop --resume.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ModelFormatError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+    return load_tensors(path, "checkpoint")
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
