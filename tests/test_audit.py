@@ -375,6 +375,15 @@ def test_an_onnx_feature_extractor_and_the_discriminator_view(tmp_path, mnist_pa
     res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100),
                   "--features", tmp_path / "bad.onnx", "--no-progress")  # fmt: skip
     assert res.exit_code == 2 and "not a usable ONNX model" in res.stderr
+    for name, shape, message in (("huge", ["n", 3, 60000, 60000], "takes 60000 px images"),
+                                 ("five", ["n", 5, 16, 16], "takes 5 channels")):  # fmt: skip
+        g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"])], name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["n", None])])  # fmt: skip
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / f"{name}.onnx")
+        res = run_cli("audit", "gan", _mnist(mnist_path, 0, 100), "--reference", _mnist(mnist_path, 0, 100),
+                      "--features", tmp_path / f"{name}.onnx", "--no-progress")  # fmt: skip
+        assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output, res.output
 
 
 def test_patch_features_are_fitted_on_the_reference_deterministic_and_see_blur(tmp_path, mnist_path, mnist_arrays):

@@ -64,6 +64,14 @@ def test_scan_refuses_a_generated_threshold_outside_0_1(folder, tmp_path):
     assert "Traceback" not in res.output and not (tmp_path / "r" / "summary.json").exists()
 
 
+def test_train_refuses_a_run_folder_inside_its_training_folder(folder):
+    """`train DIR --out DIR/run` made the run's sample grids training data, and every --resume then failed."""
+    for out in (folder, folder / "run"):
+        res = run_cli("train", folder, "--out", out, "--no-progress")
+        assert res.exit_code == 2 and "is inside the training folder" in res.stderr, res.output
+    assert not (folder / "run").exists() and not (folder / "config.json").exists()
+
+
 def test_export_and_sample_never_write_over_the_runs_own_files(tiny_run, tmp_path):
     """`export -o RUN/checkpoints/last.pt` said "wrote ..." and the run was gone (the next export: unreadable)."""
     before = {p: p.read_bytes() for p in tiny_run.rglob("*") if p.is_file()}

@@ -85,6 +85,9 @@ class RandomConvNet:
         return np.concatenate([last, *means], axis=1)
 
 
+MAX_FEATURE_INPUT = 1024  # the largest fixed input side a --features model may ask the audit to resize to
+
+
 class OnnxFeatures:
     """A user's ONNX feature extractor (float32 NCHW input in [-1, 1]; first output flattened)."""
 
@@ -107,6 +110,13 @@ class OnnxFeatures:
             raise ModelFormatError(f"--features: {path} input must be NCHW, got shape {shape}")
         self.channels = shape[1] if isinstance(shape[1], int) else 3
         self.size = shape[2] if isinstance(shape[2], int) else None
+        if self.channels not in (1, 3):
+            raise ModelFormatError(f"--features: {path} takes {self.channels} channels; it must take 1 or 3 (NCHW)")
+        if self.size is not None and not 1 <= self.size <= MAX_FEATURE_INPUT:
+            raise ModelFormatError(
+                f"--features: {path} takes {self.size} px images; its fixed input size must be from 1 to "
+                f"{MAX_FEATURE_INPUT} px (a 60000 px input asked for 43 GB)"
+            )  # fmt: skip
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.size is not None or images.shape[1] != self.channels:

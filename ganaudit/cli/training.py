@@ -6,6 +6,7 @@ torch is imported inside the commands, after ``require_training_extra`` has said
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -170,6 +171,10 @@ def train(
     check_size(size)
     if channels not in ("auto", "1", "3"):
         raise ConfigError(f"--channels must be 1, 3 or auto, got {channels!r}")
+    source_dir = Path(data.partition("?")[0])
+    if source_dir.is_dir() and Path(os.path.abspath(out)).is_relative_to(os.path.abspath(source_dir)):
+        raise ConfigError(f"--out {out} is inside the training folder {source_dir}: the run's sample images would "
+                          "become training data; put the run elsewhere")  # fmt: skip
     for flag, given in (("--resume", resume), ("--retrain-head", retrain_head)):
         if given and not RunDir(out).has_checkpoint():
             raise ConfigError(f"{flag}: no checkpoint in {out}; start a new run without {flag}")
