@@ -360,6 +360,9 @@ TAMPERED = {
     "bank-8px": (_small_bank("memory_bank.npy"), "memory_bank.npy"),
     "validation-8px": (_small_bank("validation.npy"), "validation.npy"),
     "run-json-list": (lambda run: (run / "run.json").write_text("[1]"), "run.json is damaged"),
+    "size-null": (_edit_config(size=None), "size"),
+    "size-missing": (lambda run: (run / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((run / "config.json").read_text()).items() if k != "size"})), "size"),
 }
 
 

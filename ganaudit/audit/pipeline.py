@@ -28,16 +28,12 @@ class GanAuditRun:
     classes: list[str]
 
 
-def _run_size(run: str) -> int:
-    return int(RunDir(run).read_config()["size"])
-
-
 def load_sets(
     generated: str, reference: str | None, holdout: str | None, *, n: int, size: int | None, seed: int, progress: bool
 ) -> tuple[ImageSet, ImageSet, ImageSet | None, str | None]:
     """The generated, reference and held-out sets; a run fills in its own memory bank and validation images."""
     run = generated if is_run(generated) else None
-    size = size or (_run_size(run) if run else DEFAULT_SIZE)
+    size = size or (RunDir(run).image_size() if run else DEFAULT_SIZE)
     if run:
         gen = sample_run(run, n, seed, progress)
     else:

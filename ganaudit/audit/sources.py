@@ -108,7 +108,7 @@ def sample_run(run: str | os.PathLike, n: int, seed: int, progress: bool = False
 
 def run_file(run: str | os.PathLike, name: str) -> ImageSet | None:
     path = Path(run) / name
-    return _npy(path, int(RunDir(run).read_config()["size"])) if path.is_file() else None
+    return _npy(path, RunDir(run).image_size()) if path.is_file() else None
 
 
 def drop_shared(ref: ImageSet, other: ImageSet) -> tuple[ImageSet, int]:

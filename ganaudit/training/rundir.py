@@ -33,6 +33,7 @@ import numpy as np
 from ..core.atomic import atomic_write
 from ..core.errors import ConfigError, ModelFormatError
 from ..core.npy import load_float_images, load_uint8_crops
+from ..core.spec import VALID_SIZES
 
 CONFIG = "config.json"
 RUN_INFO = "run.json"
@@ -116,6 +117,13 @@ class RunDir:
         if not self.config.is_file():
             raise ModelFormatError(f"{self.root} is not a ganaudit run directory (no {CONFIG})")
         return self._json_object(self.config)
+
+    def image_size(self) -> int:
+        """The run's image size from config.json, checked (the audit reads runs without TrainConfig)."""
+        size = self.read_config().get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size not in VALID_SIZES:
+            raise ModelFormatError(f"{self.config}: size must be one of {', '.join(map(str, VALID_SIZES))}, got {size!r}")
+        return size
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write(self.config, json.dumps(config, indent=2))
