@@ -317,8 +317,9 @@ def test_detector_audit_without_matching_truth_is_one_line_exit_2(tmp_path, tiny
         (b"path,anomaly\na.png,1\na.png,0\n", (), "has an earlier row that disagrees"),
         (b"path,anomaly\n\xe9.png,1\n", (), "is not UTF-8 text"),
         (b"path,anomaly,grp\na.png,1,all\nb.png,0,x\n", ("--group", "grp"), "rename the group called 'all'"),
+        (b"path,anomaly\na.png," + b"1" * 200_000 + b"\n", (), "is not a readable CSV file (field larger"),
     ],
-    ids=["short-row", "conflicting-rows", "latin-1", "group-named-all"],
+    ids=["short-row", "conflicting-rows", "latin-1", "group-named-all", "huge-cell"],
 )
 def test_a_hostile_truth_csv_is_a_clear_error(tmp_path, tiny_model, truth, extra, message):
     """Found by trying: the first three ended in exit 5; a group named 'all' vanished from the table."""
@@ -327,6 +328,19 @@ def test_a_hostile_truth_csv_is_a_clear_error(tmp_path, tiny_model, truth, extra
     (tmp_path / "truth.csv").write_bytes(truth)
     res = run_cli("audit", "detector", tmp_path, "--model", tiny_model, "--truth", tmp_path / "truth.csv", *extra)
     assert res.exit_code == 2 and message in res.stderr, res.output
+
+
+def test_a_hostile_labels_csv_is_a_clear_error_naming_it(tmp_path, mnist_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(gen / f"{i}.png"), np.full((28, 28), 60 * i, np.uint8))
+    for name, content, message in (("latin.csv", b"path,label\n\xe9.png,a\n", "is not UTF-8 text"),
+                                   ("huge.csv", b"path,label\n0.png," + b"a" * 200_000 + b"\n", "not a readable CSV")):  # fmt: skip
+        (tmp_path / name).write_bytes(content)
+        res = run_cli("audit", "gan", gen, "--reference", gen, "--labels", tmp_path / name, "--out", tmp_path / "o",
+                      "--size", "16", "--no-progress")  # fmt: skip
+        assert res.exit_code == 2 and f"--labels: {tmp_path / name}" in res.stderr and message in res.stderr, res.output
 
 
 def test_a_truth_csv_saved_with_a_byte_order_mark_is_read(tmp_path, tiny_model):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError
-from ..core.files import iter_files
+from ..core.files import iter_files, read_csv_rows
 from .detector import audit_head
 
 HEADS = {  # head -> (Verdict field of the raw score, of the calibrated probability, of the flag)
@@ -26,11 +26,7 @@ def read_truth(path: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--truth: file not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is no column
-            rows = list(csv.DictReader(fh))
-    except UnicodeDecodeError:
-        raise ConfigError(f"--truth: {path} is not UTF-8 text; save it as CSV UTF-8") from None
+    rows = read_csv_rows(path, "--truth", csv.DictReader)
     if not rows or "path" not in rows[0]:
         raise ConfigError(f"--truth: {path} needs a header with a 'path' column and one truth column per head")
     seen: dict[str, dict[str, str]] = {}

@@ -7,7 +7,6 @@ Every set comes back as float32 NCHW in [-1, 1] through :func:`ganaudit.core.ima
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..training.datasets import load_dataset
 from ..core.errors import ConfigError
+from ..core.files import read_csv_rows
 from ..core.npy import load_float_images
 from ..training.rundir import RunDir
 
@@ -75,10 +75,9 @@ def read_labels_csv(path: str | os.PathLike, ids: list[str]) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"--labels: file not found: {path}")
     table: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.reader(fh):
-            if len(row) >= 2 and row[0] and row[0] != "path":
-                table[row[0]] = row[1]
+    for row in read_csv_rows(path, "--labels"):
+        if len(row) >= 2 and row[0] and row[0] != "path":
+            table[row[0]] = row[1]
     out = []
     for ident in ids:
         p = Path(ident)

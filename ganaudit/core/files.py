@@ -10,6 +10,7 @@ Core layer: imports only the standard library and other core modules.
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 from collections.abc import Iterable, Iterator
@@ -250,3 +251,16 @@ def _iter(roots: list[str], recursive: bool, exts: frozenset[str], stats: WalkSt
             yield from _walk(root, (st.st_dev, st.st_ino), recursive, exts, stats)
         elif _first_time((st.st_dev, st.st_ino), stats):
             yield Candidate(root)
+
+
+def read_csv_rows(path: str | os.PathLike, flag: str, reader: type = csv.reader) -> list:
+    """Every row of a user's CSV file (a spreadsheet's byte-order mark dropped), read by ``reader`` (csv.reader
+    or csv.DictReader); a file that is not UTF-8 or not CSV (a cell past csv's field limit) is a ConfigError
+    naming ``flag`` and the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(reader(fh))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag}: {path} is not UTF-8 text; save it as CSV UTF-8") from None
+    except csv.Error as e:
+        raise ConfigError(f"{flag}: {path} is not a readable CSV file ({e})") from None
