@@ -341,6 +341,8 @@ def test_a_hostile_labels_csv_is_a_clear_error_naming_it(tmp_path, mnist_path):
         res = run_cli("audit", "gan", gen, "--reference", gen, "--labels", tmp_path / name, "--out", tmp_path / "o",
                       "--size", "16", "--no-progress")  # fmt: skip
         assert res.exit_code == 2 and f"--labels: {tmp_path / name}" in res.stderr and message in res.stderr, res.output
+    res = run_cli("audit", "gan", gen, "--reference", gen, "--size", "0", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "size 0 is not supported" in res.stderr  # 0 silently meant the default
 
 
 def test_a_truth_csv_saved_with_a_byte_order_mark_is_read(tmp_path, tiny_model):

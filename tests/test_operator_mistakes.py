@@ -356,6 +356,7 @@ TAMPERED = {
     "config-list": (lambda run: (run / "config.json").write_text("[]"), "not a JSON object"),
     "width-null": (_edit_config(width=None), "width must be a whole number"),
     "z-dim-huge": (_edit_config(z_dim=10**9), "z-dim must be between"),
+    "head-pool-huge": (_edit_config(head_pool=10**7), "head-pool must be between"),
     "width-other": (_edit_config(width=16), "does not fit its config.json"),
     "bank-8px": (_small_bank("memory_bank.npy"), "memory_bank.npy"),
     "validation-8px": (_small_bank("validation.npy"), "validation.npy"),

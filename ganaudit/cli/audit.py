@@ -94,12 +94,15 @@ def gan_cmd(
     from ..audit.gan_report import write_gan_report
     from ..audit.pipeline import run_gan_audit
     from ..audit.rules import VERDICTS, gate
+    from ..core.spec import check_size
 
     gates = parse_fail_on(fail_on, VERDICTS)
     if n < 2:
         raise fail(f"-n must be at least 2, got {n}")
     if k < 1 or bins < 1:
         raise fail("-k and --bins must be at least 1")
+    if size is not None:
+        check_size(size)  # 0 used to mean the default
     try:
         run = run_gan_audit(
             generated, reference, holdout, labels, features=features, n=n, size=size, k=k, bins=bins, seed=seed,

@@ -207,7 +207,7 @@ _BOUNDS = (
     ("lr_g", 1e-12, 10.0), ("lr_d", 1e-12, 10.0), ("lr_e", 1e-12, 10.0), ("head_lr", 1e-12, 10.0),
     ("kappa", 0.0, 1e6), ("r1", 0.0, 1e6), ("gp", 0.0, 1e6), ("instance_noise", 0.0, 100.0),
     ("sample_every", 1, 10**9), ("checkpoint_every", 1, 10**9), ("log_every", 1, 10**9), ("n_critic", 1, 100),
-    ("head_pool", 1, 10**7), ("head_resize_max", 0.35, 16.0),
+    ("head_pool", 1, 10**5), ("head_resize_max", 0.35, 16.0),  # head_pool: 100,000 RGB 128 px fakes are 4.9 GB
     ("steps", 1, 10**9),  # 0 GAN steps gave a "complete" run of an untrained GAN
 )  # fmt: skip
 
