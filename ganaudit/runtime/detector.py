@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from collections.abc import Mapping, Set
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union, get_args
 
 import cv2
 import numpy as np
@@ -24,6 +24,7 @@ from ..core.threads import session_options
 from ..core.thresholds import apply_calibration, check_fpr, check_probability_threshold, check_threshold, percentile, threshold_from_quantiles
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+IMAGE_TYPES = get_args(ImageInput)  # for isinstance
 ANOMALY, GENERATED = "anomaly", "generated"
 # Largest patch-distance matrix per onnxruntime call (see rows_per_call): 16 images of a 32 px model.
 PATCH_MATRIX_BYTES = 64 * 2**20
@@ -532,7 +533,6 @@ class Detector:
         return results[0] if single else results  # type: ignore[return-value]
 
 
-IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)
 ACCEPTED = "pass a path, encoded bytes or a numpy array"
 
 

@@ -216,7 +216,7 @@ def _prepare(detector: Detector, data: bytes, size: int | None, mtime: float | N
     try:
         if not data:
             raise ImageDecodeError("file is empty (0 bytes)")
-        prepared = detector.prepare(memoryview(data))  # memoryview: always decoded as data, never as a path
+        prepared = detector.prepare(memoryview(data))  # memoryview: no hint about passing paths (meant for API bytes)
     except ImageDecodeError as e:
         return _Loaded(None, _decode_reason(str(e)), size, mtime, digest)
     except Exception as e:  # noqa: BLE001 - one odd file must never abort the scan
